@@ -1,0 +1,1 @@
+"""Model ports: one folder a model (`modeling.py` + `params.py`)."""

@@ -1,0 +1,75 @@
+"""`load_transformer`: a diffusers folder or a converted checkpoint -> `CogVideoXTransformer3D`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flax import nnx
+from jax.sharding import Mesh
+
+from lift_jax.checkpoint import store
+from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
+from lift_jax.checkpoint.tables import load_from_table
+from lift_jax.models.cogvideox.modeling import CogVideoXConfig, CogVideoXTransformer3D
+from lift_jax.models.cogvideox.params import transformer_rules
+
+KIND = "cogvideox-transformer"
+
+
+def read_json(path: str) -> dict:
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path}: missing (expected the model's config.json)")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as err:
+    raise CheckpointError(f"{path}: unreadable config ({err})") from err
+
+
+def resolve_diffusers_folder(path: str, subfolder: str) -> str:
+  """Accepts a component folder or a whole pipeline folder holding `subfolder/`."""
+  nested = os.path.join(path, subfolder)
+  if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(nested):
+    return nested
+  return path
+
+
+def transformer_config(path: str, **runtime) -> CogVideoXConfig:
+  """The model config of a diffusers folder or converted checkpoint, with runtime overrides."""
+  if store.is_converted(path):
+    meta = store.read_meta(path)
+    if meta["kind"] != KIND:
+      raise CheckpointError(f"{path}: holds a {meta['kind']!r} checkpoint, not {KIND!r}")
+    return CogVideoXConfig.from_diffusers_config(meta["config"], **runtime)
+  folder = resolve_diffusers_folder(path, "transformer")
+  try:
+    return CogVideoXConfig.from_diffusers_config(
+        read_json(os.path.join(folder, "config.json")), **runtime)
+  except (TypeError, ValueError) as err:
+    if isinstance(err, CheckpointError):
+      raise
+    raise CheckpointError(f"{folder}/config.json: {err}") from err
+
+
+def load_transformer(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
+                     mesh: Mesh | None = None, remat: str = "none", attention_impl: str = "auto",
+                     progress: bool = False) -> CogVideoXTransformer3D:
+  """Loads a CogVideoX transformer from a diffusers `transformer/` folder or a converted checkpoint.
+
+  `dtype` is the compute dtype; parameters are stored in `param_dtype` (default: `dtype`). With a
+  `mesh`, each parameter is placed directly onto its shards.
+  """
+  cfg = transformer_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
+                           attention_impl=attention_impl)
+  make = lambda: CogVideoXTransformer3D(cfg, rngs=nnx.Rngs(0))
+  if store.is_converted(path):
+    return store.restore_model(path, make, mesh=mesh)
+  folder = WeightFolder(resolve_diffusers_folder(path, "transformer"))
+  return load_from_table(make, folder, transformer_rules(cfg), mesh=mesh, progress=progress)
+
+
+def save_transformer(model: CogVideoXTransformer3D, dst: str, *, overwrite: bool = False) -> str:
+  """Writes a converted checkpoint that `load_transformer` reads back."""
+  return store.save_model(dst, KIND, model.config.to_diffusers_config(), model,
+                          overwrite=overwrite)

@@ -1,0 +1,26 @@
+"""Process start-up shared by the tools: the persistent compilation cache and multi-host init."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "lift_jax", "jax_compilation")
+
+
+def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache so a second launch of a job does not recompile.
+
+  Directory: `cache_dir`, else $LIFT_JAX_COMPILATION_CACHE, else ~/.cache/lift_jax/jax_compilation.
+  An empty string ("" or LIFT_JAX_COMPILATION_CACHE=) disables it. Returns the directory used.
+  """
+  import jax
+
+  path = cache_dir if cache_dir is not None else os.environ.get("LIFT_JAX_COMPILATION_CACHE",
+                                                                 DEFAULT_CACHE_DIR)
+  if not path:
+    return None
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
