@@ -52,8 +52,12 @@ def resolve_impl(impl: str, dtype) -> str:
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "auto",
               is_causal: bool = False, mask: jax.Array | None = None,
-              scale: float | None = None) -> jax.Array:
-  """Softmax attention; `mask` is boolean, broadcastable to [B, N, T, S], True = attend."""
+              bias: jax.Array | None = None, scale: float | None = None) -> jax.Array:
+  """Softmax attention.
+
+  `mask` is boolean, broadcastable to [B, N, T, S], True = attend; `bias` is added to the logits
+  (T5's relative positions), broadcastable to [B, N, T, S]; `scale` defaults to 1/sqrt(H).
+  """
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
     raise ValueError(f"attention expects [B, T, N, H] inputs, got {q.shape}, {k.shape}, {v.shape}")
   if q.shape[2] % k.shape[2]:
@@ -61,19 +65,19 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "auto",
   chosen = resolve_impl(impl, q.dtype)
   with jax.named_scope(f"attention_{chosen}"):
     if chosen == "splash":
-      if mask is not None:
-        _warn_once("attention impl 'splash' takes no explicit mask here; using 'xla' instead")
+      if mask is not None or bias is not None:
+        _warn_once("attention impl 'splash' takes no explicit mask or bias here; using 'xla'")
       else:
         return _splash(q, k, v, is_causal=is_causal, scale=scale)
     if chosen == "cudnn":
       try:
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale,
-                                            implementation="cudnn")
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal,
+                                            scale=scale, implementation="cudnn")
       except Exception as err:  # the cuDNN path rejects some shapes at trace time
         _warn_once(f"attention impl 'cudnn' rejected shapes q={q.shape} k={k.shape} "
                    f"({type(err).__name__}: {err}); using 'xla' instead")
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale,
-                                        implementation="xla")
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal,
+                                        scale=scale, implementation="xla")
 
 
 def _splash(q, k, v, *, is_causal: bool, scale: float | None) -> jax.Array:
