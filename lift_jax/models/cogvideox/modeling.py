@@ -229,8 +229,9 @@ class Attention(nnx.Module):
     v = self.to_v(h_BTD)
     if rope is not None:
       cos, sin = rope
-      q = q.at[:, text_len:].set(layers.apply_rope_interleaved(q[:, text_len:], cos, sin))
-      k = k.at[:, text_len:].set(layers.apply_rope_interleaved(k[:, text_len:], cos, sin))
+      rotate = lambda t: jnp.concatenate(
+          [t[:, :text_len], layers.apply_rope_interleaved(t[:, text_len:], cos, sin)], axis=1)
+      q, k = rotate(q), rotate(k)
     heads = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
     q, k, v = (constrain(t, heads) for t in (q, k, v))
     o_BTNH = layers.attention(q, k, v, impl=self.impl)
