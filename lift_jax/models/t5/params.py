@@ -1,0 +1,148 @@
+"""transformers `T5EncoderModel` keys -> `T5Encoder`, and `load_encoder` / `save_encoder`.
+
+`load_encoder` reads a transformers folder (config.json + model.safetensors, or shards listed in
+model.safetensors.index.json), a pipeline root holding `text_encoder/`, or a converted checkpoint
+(kind "t5-encoder"). A full `T5ForConditionalGeneration` folder works too: its decoder and LM head
+are skipped, as `T5EncoderModel.from_pretrained` skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flax import nnx
+from jax.sharding import Mesh
+
+from lift_jax.checkpoint import store
+from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
+from lift_jax.checkpoint.tables import Rule, identity, linear, load_from_table
+from lift_jax.models.t5.modeling import T5Config, T5Encoder
+
+KIND = "t5-encoder"
+SUBFOLDER = "text_encoder"
+SHARED = "shared.weight"
+TIED = "encoder.embed_tokens.weight"  # the same tensor as `shared.weight` (tied in transformers)
+# Keys of a full encoder-decoder checkpoint that the encoder does not use.
+IGNORED = ("decoder.*", "lm_head.weight")
+
+
+def encoder_rules(cfg: T5Config) -> list[Rule]:
+  """One row per transformers key; `{i}` rows fill the stacked block parameters layer by layer."""
+  d, n, h = cfg.d_model, cfg.num_heads, cfg.d_kv
+  to_heads = lambda w: w.T.reshape(d, n, h)  # [N·H, D] -> [D, N, H]
+  from_heads = lambda w: w.T.reshape(n, h, d)  # [D, N·H] -> [N, H, D]
+  blk, dst = "encoder.block.{i}.layer", "blocks.layers"
+  rules = [
+      Rule(SHARED, "shared", identity),
+      Rule("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+           "relative_attention_bias", identity),
+      Rule("encoder.final_layer_norm.weight", "final_norm.scale", identity),
+      Rule(f"{blk}.0.SelfAttention.q.weight", f"{dst}.attn.q.kernel", to_heads),
+      Rule(f"{blk}.0.SelfAttention.k.weight", f"{dst}.attn.k.kernel", to_heads),
+      Rule(f"{blk}.0.SelfAttention.v.weight", f"{dst}.attn.v.kernel", to_heads),
+      Rule(f"{blk}.0.SelfAttention.o.weight", f"{dst}.attn.o.kernel", from_heads),
+      Rule(f"{blk}.0.layer_norm.weight", f"{dst}.attn_norm.scale", identity),
+      Rule(f"{blk}.1.layer_norm.weight", f"{dst}.ffn_norm.scale", identity),
+      Rule(f"{blk}.1.DenseReluDense.wo.weight", f"{dst}.ffn.down.kernel", linear),
+  ]
+  if cfg.is_gated:
+    rules += [Rule(f"{blk}.1.DenseReluDense.wi_0.weight", f"{dst}.ffn.gate.kernel", linear),
+              Rule(f"{blk}.1.DenseReluDense.wi_1.weight", f"{dst}.ffn.up.kernel", linear)]
+  else:
+    rules += [Rule(f"{blk}.1.DenseReluDense.wi.weight", f"{dst}.ffn.up.kernel", linear)]
+  return rules
+
+
+class TiedWeights:
+  """A `WeightFolder` seen through T5's embedding tie.
+
+  `save_pretrained` may write `shared.weight`, `encoder.embed_tokens.weight` or both (a raw
+  state_dict has both); the table reads one table under the name `shared.weight`.
+  """
+
+  def __init__(self, folder: WeightFolder):
+    self.folder = folder.folder
+    self._inner = folder
+    self._alias: dict[str, str] = {}
+    keys = list(folder.keys())
+    if SHARED in folder and TIED in folder:
+      if tuple(folder.shape(SHARED)) != tuple(folder.shape(TIED)):
+        raise CheckpointError(f"{self.folder}: tied embeddings disagree: {SHARED} "
+                              f"{tuple(folder.shape(SHARED))} vs {TIED} {tuple(folder.shape(TIED))}")
+      keys.remove(TIED)
+    elif TIED in folder:
+      self._alias[SHARED] = TIED
+      keys = [SHARED if k == TIED else k for k in keys]
+    self._keys = keys
+
+  def keys(self) -> list[str]:
+    return list(self._keys)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._alias or (key in self._inner and key != TIED)
+
+  def shape(self, key: str):
+    return self._inner.shape(self._alias.get(key, key))
+
+  def read(self, key: str):
+    return self._inner.read(self._alias.get(key, key))
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path}: missing (expected the T5 encoder's config.json)")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as err:
+    raise CheckpointError(f"{path}: unreadable config ({err})") from err
+
+
+def resolve_folder(path: str) -> str:
+  """Accepts the encoder folder itself or a pipeline root holding `text_encoder/`."""
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path}: T5 encoder folder does not exist")
+  nested = os.path.join(path, SUBFOLDER)
+  if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(nested):
+    return nested
+  return path
+
+
+def encoder_config(path: str, **runtime) -> T5Config:
+  """The config of a transformers folder or converted checkpoint, with runtime overrides."""
+  if store.is_converted(path):
+    meta = store.read_meta(path)
+    if meta["kind"] != KIND:
+      raise CheckpointError(f"{path}: holds a {meta['kind']!r} checkpoint, not {KIND!r}")
+    config, where = meta["config"], os.path.join(path, store.META_FILE)
+  else:
+    where = os.path.join(resolve_folder(path), "config.json")
+    config = _read_json(where)
+  try:
+    return T5Config.from_hf_config(config, **runtime)
+  except (TypeError, ValueError) as err:
+    raise CheckpointError(f"{where}: {err}") from err
+
+
+def load_encoder(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
+                 mesh: Mesh | None = None, remat: str = "none", attention_impl: str = "auto",
+                 progress: bool = False) -> T5Encoder:
+  """Loads a T5 encoder from a transformers folder or a converted checkpoint.
+
+  `dtype` is the compute dtype; parameters are stored in `param_dtype` (default: `dtype`). With a
+  `mesh`, each parameter is placed directly onto its shards.
+  """
+  cfg = encoder_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
+                       attention_impl=attention_impl)
+  make = lambda: T5Encoder(cfg, rngs=nnx.Rngs(0))
+  if store.is_converted(path):
+    return store.restore_model(path, make, mesh=mesh)
+  folder = TiedWeights(WeightFolder(resolve_folder(path)))
+  return load_from_table(make, folder, encoder_rules(cfg), mesh=mesh, ignore=IGNORED,
+                         progress=progress)
+
+
+def save_encoder(model: T5Encoder, dst: str, *, overwrite: bool = False) -> str:
+  """Writes a converted checkpoint that `load_encoder` reads back."""
+  return store.save_model(dst, KIND, model.config.to_hf_config(), model, overwrite=overwrite)
