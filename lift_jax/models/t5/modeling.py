@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import Any
 
 import jax
@@ -166,30 +165,12 @@ def _norm(cfg: T5Config) -> layers.RMSNorm:
                         **_dtypes(cfg))
 
 
-def attention_with_bias(q, k, v, bias, mask, *, impl: str) -> jax.Array:
-  """T5 attention: softmax(q·kᵀ + bias) v, with no 1/sqrt(d) scaling; fp32 logits and softmax.
-
-  `layers.attention` takes no additive bias yet, so this calls the same
-  `jax.nn.dot_product_attention` directly. "auto" means XLA: at CogVideoX's 226 tokens attention is a
-  small share of T5's FLOPs, and the cuDNN bias path is not yet checked on a GPU. "cudnn" is tried
-  when asked for (bf16/fp16 on GPU); splash has no additive bias, so TPUs use XLA too.
-  """
-  chosen = "xla" if impl == "auto" else layers.resolve_impl(impl, q.dtype)
-  if chosen == "cudnn":
-    try:
-      with jax.named_scope("attention_cudnn"):
-        return jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype), mask=mask,
-                                            scale=1.0, implementation="cudnn")
-    except Exception as err:  # shapes cuDNN rejects at trace time
-      warnings.warn(f"T5 attention: cuDNN rejected q={q.shape} ({type(err).__name__}: {err}); "
-                    "using 'xla' instead", RuntimeWarning, stacklevel=2)
-  with jax.named_scope("attention_xla"):
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0,
-                                        implementation="xla")
-
-
 class SelfAttention(nnx.Module):
-  """Bias-free q/k/v/o projections around `attention_with_bias`."""
+  """Bias-free q/k/v/o projections; logits q·kᵀ (no 1/sqrt(d)) plus the shared position bias.
+
+  The bias enters in the compute dtype, as transformers keeps it in the weight dtype; the
+  dispatcher computes logits and softmax in fp32.
+  """
 
   def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
     d, n, h = cfg.d_model, cfg.num_heads, cfg.d_kv
@@ -203,7 +184,8 @@ class SelfAttention(nnx.Module):
   def __call__(self, h_BTD, bias_1NTS, mask_B11S):
     heads = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
     q, k, v = (constrain(proj(h_BTD), heads) for proj in (self.q, self.k, self.v))
-    o_BTNH = attention_with_bias(q, k, v, bias_1NTS, mask_B11S, impl=self.impl)
+    o_BTNH = layers.attention(q, k, v, impl=self.impl, mask=mask_B11S,
+                              bias=bias_1NTS.astype(q.dtype), scale=1.0)
     return self.o(o_BTNH)
 
 
