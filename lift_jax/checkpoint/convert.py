@@ -14,6 +14,7 @@ from typing import Any
 KINDS: dict[str, tuple[str, str, str]] = {
     "cogvideox-transformer": ("lift_jax.models.cogvideox.loading", "load_transformer",
                               "save_transformer"),
+    "t5-encoder": ("lift_jax.models.t5.params", "load_encoder", "save_encoder"),
 }
 
 
