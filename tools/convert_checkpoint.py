@@ -3,6 +3,8 @@
 
   python tools/convert_checkpoint.py --kind cogvideox-transformer \
       --src CogVideoX-2b/transformer --dst ckpt/cogvideox-2b-transformer [--dtype bfloat16]
+  python tools/convert_checkpoint.py --to diffusers --kind cogvideox-transformer \
+      --src workdir/export/transformer_ckpt --dst my-finetuned/transformer
 
 Tensors are streamed one at a time onto the devices; the output folder is written under a temporary
 name and renamed when complete, so an interrupted conversion leaves nothing behind.
@@ -30,6 +32,9 @@ def main(argv=None) -> int:
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                       help="parameter dtype of the converted checkpoint")
   parser.add_argument("--lora", default=None, help="PEFT LoRA adapter folder to merge (critic kinds)")
+  parser.add_argument("--to", default="lift_jax", choices=["lift_jax", "diffusers", "pytorch"],
+                      help="lift_jax: PyTorch -> converted checkpoint (default); diffusers/pytorch: "
+                           "back to the upstream PyTorch layout")
   parser.add_argument("--overwrite", action="store_true")
   parser.add_argument("--compilation_cache", default=None,
                       help="JAX persistent compilation cache dir ('' disables)")
@@ -38,7 +43,8 @@ def main(argv=None) -> int:
   extra = {"lora": args.lora} if args.lora else {}
   try:
     summary = convert_lib.convert(args.kind, args.src, args.dst, dtype=args.dtype,
-                                  overwrite=args.overwrite, **extra)
+                                  overwrite=args.overwrite,
+                                  to="lift_jax" if args.to == "lift_jax" else "pytorch", **extra)
   except (CheckpointError, FileExistsError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2

@@ -1,40 +1,59 @@
 """The conversion driver behind `tools/convert_checkpoint.py`: one row per model kind.
 
-Each kind names its loader (PyTorch folder -> NNX model, streamed onto devices) and its saver
-(NNX model -> converted checkpoint). Imports are lazy so a kind costs nothing until used.
+Each kind names, in its module, the loader (PyTorch folder or converted checkpoint -> NNX model,
+streamed onto devices), the saver (NNX model -> converted checkpoint) and, where supported, the
+exporter back to the PyTorch layout. Imports are lazy so a kind costs nothing until used.
 """
 
 from __future__ import annotations
 
 import importlib
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
-# kind -> (module, load function, save function)
-KINDS: dict[str, tuple[str, str, str]] = {
-    "cogvideox-transformer": ("lift_jax.models.cogvideox.loading", "load_transformer",
-                              "save_transformer"),
-    "t5-encoder": ("lift_jax.models.t5.params", "load_encoder", "save_encoder"),
+import jax
+from flax import nnx
+
+
+class Kind(NamedTuple):
+  module: str
+  load: str
+  save: str
+  export: str | None = None
+
+
+KINDS: dict[str, Kind] = {
+    "cogvideox-transformer": Kind("lift_jax.models.cogvideox.loading", "load_transformer",
+                                  "save_transformer", "export_diffusers"),
+    "t5-encoder": Kind("lift_jax.models.t5.params", "load_encoder", "save_encoder"),
 }
 
 
-def _functions(kind: str):
+def _function(kind: str, role: str):
   if kind not in KINDS:
     raise ValueError(f"unknown checkpoint kind {kind!r}; known: {sorted(KINDS)}")
-  module_name, load_name, save_name = KINDS[kind]
-  module = importlib.import_module(module_name)
-  return getattr(module, load_name), getattr(module, save_name)
+  name = getattr(KINDS[kind], role)
+  if name is None:
+    raise ValueError(f"kind {kind!r} cannot be exported to the PyTorch layout yet")
+  return getattr(importlib.import_module(KINDS[kind].module), name)
 
 
 def convert(kind: str, src: str, dst: str, *, dtype: str = "float32", overwrite: bool = False,
-            progress: bool = True, **load_kwargs: Any) -> dict[str, Any]:
-  """Converts `src` (a PyTorch folder) into a converted checkpoint at `dst`; returns a summary."""
-  load, save = _functions(kind)
+            to: str = "lift_jax", progress: bool = True, **load_kwargs: Any) -> dict[str, Any]:
+  """Converts `src` into `dst`; returns a summary.
+
+  to="lift_jax": `src` is a PyTorch folder (or converted checkpoint), `dst` a converted checkpoint.
+  to="pytorch": `src` is anything the loader reads, `dst` a folder in the upstream PyTorch layout.
+  """
+  if to not in ("lift_jax", "pytorch"):
+    raise ValueError(f"to must be 'lift_jax' or 'pytorch', got {to!r}")
+  load = _function(kind, "load")
+  write = _function(kind, "save" if to == "lift_jax" else "export")
   start = time.perf_counter()
   model = load(src, dtype=dtype, progress=progress, **load_kwargs)
   loaded = time.perf_counter()
-  save(model, dst, overwrite=overwrite)
-  from flax import nnx
-  n_params = sum(x.size for x in __import__("jax").tree.leaves(nnx.state(model, nnx.Param)))
-  return {"kind": kind, "src": src, "dst": dst, "dtype": dtype, "parameters": int(n_params),
-          "load_s": round(loaded - start, 2), "save_s": round(time.perf_counter() - loaded, 2)}
+  write(model, dst, overwrite=overwrite)
+  n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  return {"kind": kind, "src": src, "dst": dst, "to": to, "dtype": dtype,
+          "parameters": int(n_params), "load_s": round(loaded - start, 2),
+          "write_s": round(time.perf_counter() - loaded, 2)}

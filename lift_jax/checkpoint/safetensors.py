@@ -102,6 +102,45 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict 
   os.replace(tmp, path)
 
 
+def write_sharded(folder: str, tensors: Iterable[tuple[str, np.ndarray]], *,
+                  weights_name: str, max_shard_bytes: int = 5 * 1024**3) -> list[str]:
+  """Streams (key, array) pairs into `save_pretrained`-style shards (+ index when more than one).
+
+  Holds at most one shard's tensors in memory. Returns the shard file names.
+  """
+  shards: list[dict[str, np.ndarray]] = [{}]
+  names: list[str] = []
+  size = 0
+  tmp_names = []
+
+  def flush():
+    name = f"{weights_name}.part{len(tmp_names)}.safetensors"
+    write_safetensors(os.path.join(folder, name), shards[-1])
+    tmp_names.append((name, list(shards[-1])))
+    shards[-1] = {}
+
+  for key, arr in tensors:
+    if shards[-1] and size + arr.nbytes > max_shard_bytes:
+      flush()
+      size = 0
+    shards[-1][key] = arr
+    size += arr.nbytes
+  if shards[-1] or not tmp_names:
+    flush()
+  total = len(tmp_names)
+  weight_map = {}
+  for n, (tmp_name, keys) in enumerate(tmp_names):
+    name = (f"{weights_name}.safetensors" if total == 1
+            else f"{weights_name}-{n + 1:05d}-of-{total:05d}.safetensors")
+    os.replace(os.path.join(folder, tmp_name), os.path.join(folder, name))
+    names.append(name)
+    weight_map.update({k: name for k in keys})
+  if total > 1:
+    with open(os.path.join(folder, f"{weights_name}.safetensors.index.json"), "w") as f:
+      json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+  return names
+
+
 class WeightFolder:
   """All tensors of a checkpoint folder, by key, read lazily one at a time."""
 

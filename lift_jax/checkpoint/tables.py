@@ -40,12 +40,21 @@ class Rule:
   src: str
   dst: str
   transform: Callable = identity
+  # NNX value -> PyTorch tensor, for export; identity and `linear` invert themselves.
+  inverse: Callable | None = None
   # When set, a checkpoint without this key is accepted and the parameter is filled with zeros.
   zeros_if_missing: bool = False
 
   @property
   def stacked(self) -> bool:
     return "{i}" in self.src
+
+  def to_torch(self, value):
+    if self.inverse is not None:
+      return self.inverse(value)
+    if self.transform in (identity, linear):
+      return self.transform(value)
+    raise NotImplementedError(f"table row {self.src!r} has no inverse transform for export")
 
 
 def _path_str(path: Sequence) -> str:
@@ -156,3 +165,15 @@ def load_from_table(make_model: Callable[[], nnx.Module], folder: WeightFolder,
   for path, var in flat:
     var.value = values[_path_str(path)]
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def export_tensors(model: nnx.Module, rules: Sequence[Rule]) -> Iterable[tuple[str, np.ndarray]]:
+  """Yields (PyTorch key, NumPy tensor) for every row, one layer at a time (for export)."""
+  variables = flat_variables(nnx.state(model))
+  for rule in rules:
+    value = variables[rule.dst][...]
+    if rule.stacked:
+      for i in range(value.shape[0]):
+        yield rule.src.format(i=i), np.asarray(rule.to_torch(np.asarray(value[i])))
+    else:
+      yield rule.src, np.asarray(rule.to_torch(np.asarray(value)))

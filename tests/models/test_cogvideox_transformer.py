@@ -265,3 +265,17 @@ def test_failed_save_leaves_no_partial_output(tiny_folder, tmp_path, monkeypatch
   with pytest.raises(RuntimeError, match="disk full"):
     cogvideox.save_transformer(model, str(tmp_path / "out"))
   assert sorted(os.listdir(tmp_path)) == ["tr"]
+
+
+def test_export_to_diffusers_round_trip(tmp_path):
+  kw = FAMILIES["1.5"]
+  ref = perturb_(CogVideoXTransformer3DModel(**kw).eval(), seed=6)
+  model = cogvideox.load_transformer(save_sharded(ref, str(tmp_path / "tr"), dict(ref.config)))
+  exported = cogvideox.export_diffusers(model, str(tmp_path / "exported"), max_shard_bytes=40_000)
+  assert os.path.exists(os.path.join(exported, "diffusion_pytorch_model.safetensors.index.json"))
+  back = CogVideoXTransformer3DModel.from_pretrained(exported).eval()
+  inputs = make_inputs(kw, 4, 6, 10)
+  assert rel_err(run_ours(model, *inputs), run_reference(back, kw, *inputs)) <= 1e-5
+  reimported = tables.flat_variables(nnx.state(cogvideox.load_transformer(exported)))
+  for path, var in tables.flat_variables(nnx.state(model)).items():
+    np.testing.assert_array_equal(var[...], reimported[path][...], err_msg=path)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 from flax import nnx
 from jax.sharding import Mesh
 
 from lift_jax.checkpoint import store
-from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
-from lift_jax.checkpoint.tables import load_from_table
+from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder, write_sharded
+from lift_jax.checkpoint.tables import export_tensors, load_from_table
 from lift_jax.models.cogvideox.modeling import CogVideoXConfig, CogVideoXTransformer3D
 from lift_jax.models.cogvideox.params import transformer_rules
 
@@ -73,3 +75,29 @@ def save_transformer(model: CogVideoXTransformer3D, dst: str, *, overwrite: bool
   """Writes a converted checkpoint that `load_transformer` reads back."""
   return store.save_model(dst, KIND, model.config.to_diffusers_config(), model,
                           overwrite=overwrite)
+
+
+def export_diffusers(model: CogVideoXTransformer3D, dst: str, *, max_shard_bytes: int = 5 * 1024**3,
+                     overwrite: bool = False) -> str:
+  """Writes a diffusers `transformer/` folder (config.json + safetensors shards + index).
+
+  `CogVideoXTransformer3DModel.from_pretrained(dst)` loads it, so a fine-tuned model can be evaluated
+  and published with the PyTorch tooling. Written under a temporary name, then renamed.
+  """
+  dst = os.path.abspath(dst)
+  if os.path.exists(dst) and not overwrite:
+    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
+  try:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(model.config.to_diffusers_config(), f, indent=2)
+    write_sharded(tmp, export_tensors(model, transformer_rules(model.config)),
+                  weights_name="diffusion_pytorch_model", max_shard_bytes=max_shard_bytes)
+    if os.path.exists(dst):
+      shutil.rmtree(dst)
+    os.replace(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return dst

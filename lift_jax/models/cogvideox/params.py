@@ -11,21 +11,27 @@ def transformer_rules(cfg: CogVideoXConfig) -> list[Rule]:
   d, n, h = cfg.inner_dim, cfg.num_attention_heads, cfg.attention_head_dim
   c, p, pt = cfg.in_channels, cfg.patch_size, cfg.temporal_patch
 
-  if cfg.patch_size_t is None:  # Conv2d [D, C, p, p] -> [C, 1, p, p, D]
+  if cfg.patch_size_t is None:  # Conv2d [D, C, p, p] <-> [C, 1, p, p, D]
     patch = lambda w: w.transpose(1, 2, 3, 0).reshape(c, 1, p, p, d)
+    patch_inv = lambda k: k.reshape(c, p, p, d).transpose(3, 0, 1, 2)
   else:  # Linear [D, C·pt·p·p], features (c, pt, ph, pw)
     patch = lambda w: w.T.reshape(c, pt, p, p, d)
+    patch_inv = lambda k: k.reshape(c * pt * p * p, d).T
   to_heads = lambda w: w.T.reshape(d, n, h)
+  to_heads_inv = lambda k: k.reshape(d, n * h).T
   from_heads = lambda w: w.T.reshape(n, h, d)
+  from_heads_inv = lambda k: k.reshape(n * h, d).T
   head_bias = lambda b: b.reshape(n, h)
+  flat = lambda v: v.reshape(-1)
   proj_out = lambda w: w.T.reshape(d, cfg.out_channels, pt, p, p)
+  proj_out_inv = lambda k: k.reshape(d, -1).T
 
-  rules = [Rule("patch_embed.proj.weight", "patch_proj.kernel", patch),
+  rules = [Rule("patch_embed.proj.weight", "patch_proj.kernel", patch, patch_inv),
            Rule("patch_embed.text_proj.weight", "text_proj.kernel", linear),
            Rule("patch_embed.text_proj.bias", "text_proj.bias"),
-           Rule("proj_out.weight", "proj_out.kernel", proj_out),
+           Rule("proj_out.weight", "proj_out.kernel", proj_out, proj_out_inv),
            Rule("proj_out.bias", "proj_out.bias",
-                lambda b: b.reshape(cfg.out_channels, pt, p, p)),
+                lambda b: b.reshape(cfg.out_channels, pt, p, p), flat),
            Rule("norm_out.linear.weight", "norm_out_linear.kernel", linear),
            Rule("norm_out.linear.bias", "norm_out_linear.bias")]
   if cfg.patch_size_t is not None:
@@ -45,10 +51,12 @@ def transformer_rules(cfg: CogVideoXConfig) -> list[Rule]:
     rules += [Rule(f"{blk}.{norm}.linear.weight", f"{dst}.{norm}.linear.kernel", linear),
               Rule(f"{blk}.{norm}.linear.bias", f"{dst}.{norm}.linear.bias")]
   for proj in ("to_q", "to_k", "to_v"):
-    rules += [Rule(f"{blk}.attn1.{proj}.weight", f"{dst}.attn1.{proj}.kernel", to_heads)]
+    rules += [Rule(f"{blk}.attn1.{proj}.weight", f"{dst}.attn1.{proj}.kernel", to_heads,
+                   to_heads_inv)]
     if cfg.attention_bias:
-      rules += [Rule(f"{blk}.attn1.{proj}.bias", f"{dst}.attn1.{proj}.bias", head_bias)]
-  rules += [Rule(f"{blk}.attn1.to_out.0.weight", f"{dst}.attn1.to_out.kernel", from_heads),
+      rules += [Rule(f"{blk}.attn1.{proj}.bias", f"{dst}.attn1.{proj}.bias", head_bias, flat)]
+  rules += [Rule(f"{blk}.attn1.to_out.0.weight", f"{dst}.attn1.to_out.kernel", from_heads,
+                 from_heads_inv),
             Rule(f"{blk}.attn1.to_out.0.bias", f"{dst}.attn1.to_out.bias"),
             Rule(f"{blk}.attn1.norm_q.weight", f"{dst}.attn1.norm_q.scale"),
             Rule(f"{blk}.attn1.norm_q.bias", f"{dst}.attn1.norm_q.bias"),
