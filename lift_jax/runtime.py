@@ -24,3 +24,11 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return path
+
+
+def setup(compilation_cache: str | None = None) -> str | None:
+  """What every tool does first: quiet library INFO logs, turn on the compilation cache."""
+  from absl import logging as absl_logging
+
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  return enable_compilation_cache(compilation_cache)

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
   parser.add_argument("--compilation_cache", default=None,
                       help="JAX persistent compilation cache dir ('' disables)")
   args = parser.parse_args(argv)
-  runtime.enable_compilation_cache(args.compilation_cache)
+  runtime.setup(args.compilation_cache)
   extra = {"lora": args.lora} if args.lora else {}
   try:
     summary = convert_lib.convert(args.kind, args.src, args.dst, dtype=args.dtype,
