@@ -44,7 +44,11 @@ def main():
   p.add_argument("--text-len", type=int, default=8)
   p.add_argument("--rope", action="store_true", help="5B layout (3D RoPE, no SNR shift)")
   p.add_argument("--dynamic-cfg", action="store_true")
+  p.add_argument("--torch-threads", type=int, default=0,
+                 help="torch intra-op threads (0: torch's default); 1 is steadier on a busy CPU")
   args = p.parse_args()
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
 
   torch.manual_seed(0)
   extra = dict(use_rotary_positional_embeddings=True) if args.rope else {}

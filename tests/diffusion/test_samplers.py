@@ -16,6 +16,7 @@ from lift_jax.models import cogvideox
 from tests.reference import perturb_, rel_err, save_sharded
 
 SCHEDULER_CLASSES = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
+RANDN_TENSOR = dpm_module.randn_tensor
 
 
 def make_scheduler(sampler, snr):
@@ -31,10 +32,9 @@ class NoiseRecorder:
 
   def __init__(self, monkeypatch):
     self.draws, self.used = [], []
-    original = dpm_module.randn_tensor
 
     def record(*args, **kwargs):
-      out = original(*args, **kwargs)
+      out = RANDN_TENSOR(*args, **kwargs)
       self.draws.append(out.clone())
       return out
 
