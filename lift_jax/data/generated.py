@@ -1,0 +1,377 @@
+"""The prepared reward dataset: VAE latent moments + T5 embeddings per video, as TFDS/ArrayRecord.
+
+Each video is decoded and encoded once (LiFT's trainer re-encodes online every step); training
+then draws z = mean + σ·ε per step from the stored moments (`lift_jax.data.loaders`).
+
+On disk it is a plain TFDS dataset directory (dataset_info.json, features.json, metadata.json and
+ArrayRecord shards) with two splits, "synthetic" and "real". Every array is a `tfds.features.Tensor`
+with raw-bytes encoding (no Video/Image features), so it is written and read without TensorFlow:
+`open_dataset(dir)` = `tfds.builder_from_directory(dir).as_data_source()`, random access, picklable
+for grain workers. One example:
+
+  latent_mean, latent_logvar  [C, f, h, w]   latent_dtype (float32 default; float16/bfloat16)
+  text_embeds                 [226, 4096]    embed_dtype (bfloat16 default; float16/float32)
+  reward float32, is_real bool, all_good bool, caption str, path str (the source video)
+
+metadata.json holds the VAE `scaling_factor` and the preparation settings.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from lift_jax.data import video as video_lib
+from lift_jax.data.records import RewardRecord
+
+log = logging.getLogger(__name__)
+
+NAME = "lift_latents"
+SPLITS = ("synthetic", "real")
+DTYPES = ("float32", "float16", "bfloat16")
+PREPARE_LOG = "prepare_log.json"
+
+EncodeVideo = Callable[[np.ndarray], tuple[Any, Any]]   # [B,3,F,H,W] in [-1,1] -> (mean, logvar)
+EncodeText = Callable[[Sequence[str]], Any]             # prompts -> [B, L, D]
+
+
+def _np_dtype(name: str):
+  if name not in DTYPES:
+    raise ValueError(f"dtype {name!r}: expected one of {DTYPES}")
+  if name == "bfloat16":
+    import ml_dtypes
+    return np.dtype(ml_dtypes.bfloat16)
+  return np.dtype(name)
+
+
+def _tfds():
+  # Lazy: tensorflow_datasets is only needed to write or open prepared data.
+  import tensorflow_datasets as tfds
+  return tfds
+
+
+def features(latent_shape: Sequence[int], text_shape: Sequence[int], latent_dtype: str,
+             embed_dtype: str):
+  """The `tfds.features.FeaturesDict` of one prepared example."""
+  tfds = _tfds()
+  raw = tfds.features.Encoding.BYTES
+  lat = lambda: tfds.features.Tensor(shape=tuple(latent_shape), dtype=_np_dtype(latent_dtype),
+                                     encoding=raw)
+  return tfds.features.FeaturesDict({
+      "latent_mean": lat(),
+      "latent_logvar": lat(),
+      "text_embeds": tfds.features.Tensor(shape=tuple(text_shape), dtype=_np_dtype(embed_dtype),
+                                          encoding=raw),
+      "reward": tfds.features.Scalar(np.float32),
+      "is_real": tfds.features.Scalar(np.bool_),
+      "all_good": tfds.features.Scalar(np.bool_),
+      "caption": tfds.features.Text(),
+      "path": tfds.features.Text(),
+  })
+
+
+def _builder_class():
+  """Defined on first use so that importing lift_jax.data does not import tensorflow_datasets."""
+  global _BUILDER
+  if _BUILDER is not None:
+    return _BUILDER
+  tfds = _tfds()
+
+  @dataclasses.dataclass(eq=False)
+  class LatentsConfig(tfds.core.BuilderConfig):
+    """Shapes and storage dtypes: they vary with the model (2B/5B) and the clip size."""
+    latent_shape: tuple[int, ...] = (16, 13, 60, 90)
+    text_shape: tuple[int, ...] = (226, 4096)
+    latent_dtype: str = "float32"
+    embed_dtype: str = "bfloat16"
+
+  class LiftLatents(tfds.core.GeneratorBasedBuilder):
+    """Writes examples handed over at construction: `examples[split]` is an iterable of dicts."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "VAE latent moments, T5 embeddings and reward fields."}
+    BUILDER_CONFIGS = [LatentsConfig(name="default")]
+
+    def __init__(self, *, examples: dict[str, Iterable[dict]] | None = None,
+                 metadata: dict | None = None, **kw):
+      self._examples = examples or {}
+      self._extra_metadata = dict(metadata or {})
+      super().__init__(**kw)
+
+    def _info(self):
+      c = self.builder_config
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=__doc__.split("\n")[0],
+          features=features(c.latent_shape, c.text_shape, c.latent_dtype, c.embed_dtype),
+          metadata=tfds.core.MetadataDict(self._extra_metadata),
+          # Keep the writing order: the loaders shuffle, and a stable order makes runs comparable.
+          disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      # TFDS refuses empty splits, so only the splits handed over exist.
+      return {split: self._generate_examples(split) for split in SPLITS if split in self._examples}
+
+    def _generate_examples(self, split):
+      for i, ex in enumerate(self._examples.get(split, ())):
+        yield f"{i:010d}", ex
+
+  _BUILDER = (LatentsConfig, LiftLatents)
+  return _BUILDER
+
+
+_BUILDER = None
+
+
+def write_dataset(out_dir: str, examples: dict[str, Iterable[dict]], *,
+                  latent_shape: Sequence[int], text_shape: Sequence[int] = (226, 4096),
+                  latent_dtype: str = "float32", embed_dtype: str = "bfloat16",
+                  metadata: dict | None = None, extra_files: dict[str, Callable[[], str]] | None = None,
+                  overwrite: bool = False) -> str:
+  """Writes `examples` (split -> iterable of example dicts) as a TFDS ArrayRecord dataset at out_dir.
+
+  Each split given must yield at least one example (TFDS has no empty splits): leave out the others.
+
+  Everything is written under `<out_dir>.tmp-*` and renamed into place at the end, so an
+  interrupted run leaves no half-written `out_dir`. `extra_files` (name -> function returning the
+  text) are written beside the dataset after the examples are consumed (e.g. a log of skipped
+  videos). An existing out_dir is an error unless `overwrite`.
+  """
+  tfds = _tfds()
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and not overwrite:
+    raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+  for split in examples:
+    if split not in SPLITS:
+      raise ValueError(f"unknown split {split!r}: expected {SPLITS}")
+  LatentsConfig, LiftLatents = _builder_class()
+  config = LatentsConfig(name="prepared", latent_shape=tuple(int(d) for d in latent_shape),
+                         text_shape=tuple(int(d) for d in text_shape), latent_dtype=latent_dtype,
+                         embed_dtype=embed_dtype)
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp_root = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
+  try:
+    builder = LiftLatents(examples=examples, metadata=metadata, config=config,
+                          data_dir=tmp_root, file_format="array_record")
+    tfds.disable_progress_bar()  # the caller shows one bar over all videos
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    built = os.fspath(builder.data_dir)
+    for name, make_text in (extra_files or {}).items():
+      with open(os.path.join(built, name), "w", encoding="utf-8") as f:
+        f.write(make_text())
+    staged = tmp_root + ".done"
+    os.rename(built, staged)
+    if os.path.exists(out_dir):
+      trash = tmp_root + ".old"
+      os.rename(out_dir, trash)
+      os.rename(staged, out_dir)
+      shutil.rmtree(trash, ignore_errors=True)
+    else:
+      os.rename(staged, out_dir)
+  finally:
+    for leftover in (tmp_root, tmp_root + ".done"):
+      shutil.rmtree(leftover, ignore_errors=True)
+  return out_dir
+
+
+def open_dataset(path: str) -> dict[str, Any]:
+  """split -> random-access data source (`len`, `[i]` -> dict of numpy arrays / bytes)."""
+  tfds = _tfds()
+  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+    raise FileNotFoundError(f"{path}: not a prepared dataset (no dataset_info.json); "
+                            "write one with tools/prepare_data.py")
+  return dict(tfds.builder_from_directory(path).as_data_source())
+
+
+def dataset_metadata(path: str) -> dict[str, Any]:
+  """metadata.json of a prepared dataset (scaling_factor, preparation settings)."""
+  file = os.path.join(path, "metadata.json")
+  if not os.path.isfile(file):
+    return {}
+  with open(file, encoding="utf-8") as f:
+    return json.load(f)
+
+
+# ----------------------------------------------------------------------------- preparation
+
+
+@dataclasses.dataclass
+class ClipOptions:
+  """How a video becomes a VAE input clip (`video.prepare_clip`); CogVideoX trains at 49x480x720."""
+  num_frames: int = 49
+  height: int = 480
+  width: int = 720
+  frame_sampling: str = "first"
+  resize: str = "squash"
+
+
+@dataclasses.dataclass
+class PrepareReport:
+  """What was written and what was skipped (path and reason), for the log and the tool's summary."""
+  written: dict[str, int] = dataclasses.field(default_factory=lambda: {s: 0 for s in SPLITS})
+  skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+  seconds: float = 0.0
+
+  def to_json(self) -> dict[str, Any]:
+    return {"written": dict(self.written), "num_skipped": len(self.skipped),
+            "skipped": list(self.skipped), "seconds": round(self.seconds, 2)}
+
+
+class _TextCache:
+  """Embeds captions in batches and remembers recent ones (a prompt has several videos)."""
+
+  def __init__(self, encode_text: EncodeText, dtype, size: int = 256):
+    self.encode_text, self.dtype, self.size = encode_text, dtype, size
+    self.cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+
+  def fill(self, captions: Sequence[str]) -> None:
+    todo = list(dict.fromkeys(c for c in captions if c not in self.cache))
+    if not todo:
+      return
+    embeds = np.asarray(self.encode_text(todo))
+    if embeds.ndim != 3 or embeds.shape[0] != len(todo):
+      raise ValueError(f"encode_text returned shape {embeds.shape} for {len(todo)} prompts; "
+                       "expected [B, L, D]")
+    for c, e in zip(todo, embeds):
+      self.cache[c] = e.astype(self.dtype)
+      while len(self.cache) > max(self.size, len(todo)):
+        self.cache.popitem(last=False)
+
+  def __getitem__(self, caption: str) -> np.ndarray:
+    self.cache.move_to_end(caption)
+    return self.cache[caption]
+
+
+def encode_records(records: Sequence[RewardRecord], encode_video: EncodeVideo,
+                   encode_text: EncodeText, *, clip: ClipOptions | None = None,
+                   latent_dtype: str = "float32", embed_dtype: str = "bfloat16",
+                   text_batch: int = 8, report: PrepareReport | None = None,
+                   progress: Any = None) -> Iterator[tuple[str, dict]]:
+  """Yields (split, example) per readable video, decoding and encoding each once.
+
+  Unreadable videos (`VideoReadError`) and videos shorter than the clip are skipped, logged and
+  added to `report.skipped`; encoder errors propagate. Captions are embedded `text_batch` at a time.
+  `progress` (a tqdm bar or None) is advanced once per record.
+  """
+  clip = clip or ClipOptions()
+  report = report if report is not None else PrepareReport()
+  want = video_lib.clip_frame_indices(10**9, clip.num_frames, "first").size  # 4k+1 trim
+  lat_dt, emb_dt = _np_dtype(latent_dtype), _np_dtype(embed_dtype)
+  texts = _TextCache(encode_text, emb_dt, size=max(256, 2 * text_batch))
+  shapes = None
+  for start in range(0, len(records), text_batch):
+    chunk = records[start:start + text_batch]
+    texts.fill([r.caption for r in chunk])
+    for rec in chunk:
+      try:
+        frames = video_lib.read_video(rec.path)
+        if video_lib.clip_frame_indices(len(frames), clip.num_frames,
+                                        clip.frame_sampling).size < want:
+          raise video_lib.VideoReadError(
+              rec.path, f"has {len(frames)} frames; a clip needs {want} (num_frames="
+                        f"{clip.num_frames}, trimmed to 4k+1)")
+        x = video_lib.prepare_clip(frames, num_frames=clip.num_frames, height=clip.height,
+                                   width=clip.width, frame_sampling=clip.frame_sampling,
+                                   resize=clip.resize)
+      except video_lib.VideoReadError as err:
+        log.warning("skipping %s", err)
+        report.skipped.append({"path": rec.path, "reason": err.reason})
+        if progress is not None:
+          progress.update(1)
+        continue
+      mean, logvar = encode_video(x[None])
+      mean, logvar = np.asarray(mean)[0].astype(lat_dt), np.asarray(logvar)[0].astype(lat_dt)
+      emb = texts[rec.caption]
+      if shapes is None:
+        shapes = (mean.shape, emb.shape)
+      elif (mean.shape, emb.shape) != shapes:
+        raise ValueError(f"{rec.path}: latents {mean.shape} / embeddings {emb.shape} differ from "
+                         f"the first example's {shapes}")
+      split = "real" if rec.is_real else "synthetic"
+      report.written[split] += 1
+      if progress is not None:
+        progress.update(1)
+      yield split, {"latent_mean": mean, "latent_logvar": logvar, "text_embeds": emb,
+                    "reward": np.float32(rec.reward), "is_real": bool(rec.is_real),
+                    "all_good": bool(rec.all_good), "caption": rec.caption, "path": rec.path}
+
+
+def prepare_reward_dataset(records: Sequence[RewardRecord], out_dir: str, *,
+                           encode_video: EncodeVideo, encode_text: EncodeText,
+                           scaling_factor: float, clip: ClipOptions | None = None,
+                           latent_dtype: str = "float32", embed_dtype: str = "bfloat16",
+                           text_batch: int = 8, overwrite: bool = False, progress: bool = True,
+                           metadata: dict | None = None) -> PrepareReport:
+  """Encodes every record once and writes the prepared dataset (see the module docstring).
+
+  The encoders are passed in (the tool wires the real VAE and T5; tests pass small stand-ins).
+  Bad videos are skipped and counted, never fatal; if none is readable nothing is written.
+  """
+  from tqdm.auto import tqdm
+
+  clip = clip or ClipOptions()
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and not overwrite:
+    raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+  report = PrepareReport()
+  t0 = time.time()
+  bar = tqdm(total=len(records), desc="encoding videos", unit="video", disable=not progress)
+  # Records are grouped by split, so each split's generator reads its own records in one pass.
+  by_split = {s: [r for r in records if r.is_real == (s == "real")] for s in SPLITS}
+  streams = {s: encode_records(by_split[s], encode_video, encode_text, clip=clip,
+                               latent_dtype=latent_dtype, embed_dtype=embed_dtype,
+                               text_batch=text_batch, report=report, progress=bar)
+             for s in SPLITS}
+  # Peek at each split's first example: the feature shapes come from it, and a split with no
+  # readable video must be left out (TFDS has no empty splits).
+  firsts = {s: next(streams[s], None) for s in SPLITS}
+  firsts = {s: f[1] for s, f in firsts.items() if f is not None}
+  if not firsts:
+    bar.close()
+    raise ValueError(f"no readable video among {len(records)} record(s); nothing written to "
+                     f"{out_dir}. Skipped: {report.skipped[:5]}")
+  first_ex = next(iter(firsts.values()))
+  for s, ex in firsts.items():
+    if (ex["latent_mean"].shape, ex["text_embeds"].shape) != (
+        first_ex["latent_mean"].shape, first_ex["text_embeds"].shape):
+      bar.close()
+      raise ValueError(f"{ex['path']}: {s} latents {ex['latent_mean'].shape} differ from "
+                       f"{first_ex['path']}'s {first_ex['latent_mean'].shape}")
+
+  def split_examples(s):
+    yield firsts[s]
+    for _, ex in streams[s]:
+      yield ex
+
+  meta = {"scaling_factor": float(scaling_factor), "clip": dataclasses.asdict(clip),
+          "latent_dtype": latent_dtype, "embed_dtype": embed_dtype, **(metadata or {})}
+
+  def log_text():
+    report.seconds = time.time() - t0
+    return json.dumps({**report.to_json(), "metadata": meta}, indent=2)
+
+  try:
+    write_dataset(out_dir, {s: split_examples(s) for s in firsts},
+                  latent_shape=first_ex["latent_mean"].shape,
+                  text_shape=first_ex["text_embeds"].shape, latent_dtype=latent_dtype,
+                  embed_dtype=embed_dtype, metadata=meta, extra_files={PREPARE_LOG: log_text},
+                  overwrite=overwrite)
+  finally:
+    bar.close()
+  report.seconds = time.time() - t0
+  if report.skipped:
+    log.warning("skipped %d unreadable video(s): %s", len(report.skipped),
+                ", ".join(s["path"] for s in report.skipped[:10]))
+  return report
