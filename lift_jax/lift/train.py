@@ -1,0 +1,239 @@
+"""Reward-weighted fine-tuning of CogVideoX: the train state, the jitted sharded step, the memory plan.
+
+The step is one `jax.jit` with explicit in/out shardings over the mesh and a donated state:
+  weights = sample_weights(rewards, is_real, ...)              (paper: raw reward, λ for real)
+  loss    = mean_i w_i · mean((v̂_i − v_i)²)                     (lift.loss.diffusion_loss)
+  grads   accumulated over micro-batches, clipped, AdamW        (optax)
+A non-finite loss or gradient skips the update (parameters and optimizer state unchanged) and is
+counted in the state, so training can halt with a clear message after too many bad steps.
+Only the trainable subset (default: the transformer blocks, as the paper) has gradients and
+optimizer state; the rest is a frozen, non-donated argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lift_jax.diffusion.schedule import NoiseSchedule
+from lift_jax.lift import loss as loss_lib
+from lift_jax.parallel import mesh as mesh_lib
+
+TRAINABLE = ("blocks", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """AdamW with global-norm clipping and linear warmup then cosine decay (the paper's settings)."""
+
+  lr: float = 1e-5
+  warmup_steps: int = 200
+  total_steps: int = 10_000
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 1e-4
+  clip_norm: float = 1.0
+  final_lr_fraction: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Which samples count how much: see `lift.loss.sample_weights`."""
+
+  mode: str = "rwl"
+  transform: str = "raw"
+  beta: float = 1.0
+  real_weight: float = 1.0
+
+
+def learning_rate(cfg: OptimConfig) -> optax.Schedule:
+  warmup = max(cfg.warmup_steps, 0)
+  decay = max(cfg.total_steps - warmup, 1)
+  return optax.join_schedules([
+      optax.linear_schedule(0.0, cfg.lr, max(warmup, 1)),
+      optax.cosine_decay_schedule(cfg.lr, decay, alpha=cfg.final_lr_fraction),
+  ], [warmup])
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.clip_norm),
+      optax.adamw(learning_rate(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                  weight_decay=cfg.weight_decay))
+
+
+def trainable_filter(name: str):
+  """nnx filter for the trainable parameters: "blocks" (the paper) or "full"."""
+  if name == "blocks":
+    return nnx.All(nnx.Param, nnx.PathContains("blocks"))
+  if name == "full":
+    return nnx.Param
+  raise ValueError(f"trainable={name!r}: expected one of {TRAINABLE}")
+
+
+def _tree_where(ok, new, old):
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+class Trainer:
+  """Owns the split model, the optimizer and the jitted step for one mesh.
+
+  `state` is a plain pytree {"step", "params", "opt_state", "bad_steps"} (what checkpoints hold);
+  `frozen` holds the non-trainable parameters. Batches are dicts of arrays with a leading global
+  batch axis: latents [B,F,C,H,W], text_embeds [B,S,D], reward [B], is_real [B], all_good [B].
+  """
+
+  def __init__(self, model: nnx.Module, *, mesh: Mesh, optim: OptimConfig = OptimConfig(),
+               loss: LossConfig = LossConfig(), schedule: NoiseSchedule | None = None,
+               trainable: str = "blocks", accum_steps: int = 1, seed: int = 0,
+               rules=mesh_lib.DEFAULT_RULES):
+    self.mesh, self.rules = mesh, rules
+    self.optim_config, self.loss_config = optim, loss
+    self.schedule = schedule or NoiseSchedule.cogvideox_2b()
+    self.accum_steps = accum_steps
+    self.base_key = jax.random.key(seed)
+    self.tx = make_optimizer(optim)
+    self.lr = learning_rate(optim)
+    self.graphdef, params, frozen = nnx.split(model, trainable_filter(trainable), ...)
+    self.param_shardings = nnx.to_pure_dict(mesh_lib.param_shardings(params, mesh, rules))
+    self.frozen_shardings = nnx.to_pure_dict(mesh_lib.param_shardings(frozen, mesh, rules))
+    self.frozen = jax.device_put(nnx.to_pure_dict(frozen), self.frozen_shardings)
+    self._params_template = params
+    self._frozen_template = frozen
+    self._initial_params = jax.device_put(nnx.to_pure_dict(params), self.param_shardings)
+    self.state_shardings = self._state_shardings()
+    self._jit_step = jax.jit(
+        self._step, in_shardings=(self.state_shardings, self.frozen_shardings, self.batch_sharding,
+                                  None),
+        out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+
+  # ------------------------------------------------------------------------- state
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, mesh_lib.logical_to_spec(("activation_batch",), self.rules))
+
+  def _state_shardings(self):
+    """Optimizer moments take their parameters' shardings (read off the compiled `tx.init`)."""
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    abstract_params = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self._initial_params)
+    opt_sh = jax.jit(self.tx.init).lower(abstract_params).compile().output_shardings
+    opt_sh = jax.tree.map(lambda sh: sh if isinstance(sh, NamedSharding) else replicated, opt_sh)
+    return {"step": replicated, "params": self.param_shardings, "opt_state": opt_sh,
+            "bad_steps": replicated}
+
+  def init_state(self) -> dict[str, Any]:
+    params = self._initial_params
+    opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
+    scalar = lambda: jax.device_put(jnp.zeros((), jnp.int32), self.state_shardings["step"])
+    return {"step": scalar(), "params": params, "opt_state": opt_state, "bad_steps": scalar()}
+
+  def abstract_state(self) -> dict[str, Any]:
+    """Shapes, dtypes and shardings of the state on this mesh (restore targets, AOT compile)."""
+    shapes = jax.eval_shape(self.init_state)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, self.state_shardings)
+
+  def model(self, state: dict[str, Any]) -> nnx.Module:
+    """The full NNX model with the state's trainable parameters (for sampling or export)."""
+    params = self._params_template
+    frozen = self._frozen_template
+    nnx.replace_by_pure_dict(params, state["params"])
+    nnx.replace_by_pure_dict(frozen, self.frozen)
+    return nnx.merge(self.graphdef, params, frozen)
+
+  # ------------------------------------------------------------------------- step
+
+  def _loss(self, params, frozen, batch, key):
+    model = nnx.merge(self.graphdef, params, frozen)
+    lc = self.loss_config
+    weights = loss_lib.sample_weights(batch["reward"], batch["is_real"], mode=lc.mode,
+                                      transform=lc.transform, beta=lc.beta,
+                                      real_weight=lc.real_weight, all_good=batch.get("all_good"))
+    loss, aux = loss_lib.diffusion_loss(model, batch["latents"], batch["text_embeds"], weights,
+                                        key, self.schedule)
+    return loss, aux["mse"]
+
+  def _step(self, state, frozen, batch, key):
+    key = jax.random.fold_in(key, state["step"])
+    params = state["params"]
+    grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+    a = self.accum_steps
+    if a == 1:
+      (loss, mse), grads = grad_fn(params, frozen, batch, key)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape((a, x.shape[0] // a) + x.shape[1:]), batch)
+
+      def body(carry, xs):
+        i, mb = xs
+        (l, m), g = grad_fn(params, frozen, mb, jax.random.fold_in(key, i))
+        return jax.tree.map(jnp.add, carry, (l, m, g)), None
+
+      zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+               jax.tree.map(jnp.zeros_like, params))
+      (loss, mse, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(a), micro))
+      loss, mse, grads = jax.tree.map(lambda x: x / a, (loss, mse, grads))
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = self.tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    new_state = {
+        "step": state["step"] + 1,
+        "params": _tree_where(ok, new_params, params),
+        "opt_state": _tree_where(ok, new_opt, state["opt_state"]),
+        "bad_steps": state["bad_steps"] + (~ok).astype(jnp.int32),
+    }
+    metrics = {"loss": loss, "mse": mse, "grad_norm": grad_norm, "lr": self.lr(state["step"]),
+               "reward": jnp.mean(batch["reward"].astype(jnp.float32)), "finite": ok}
+    return new_state, metrics
+
+  def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Host-local numpy batch -> global arrays sharded over the batch axes (multi-host safe)."""
+    sharding = self.batch_sharding
+    local = len(next(iter(batch.values())))
+    self.check_batch(local * jax.process_count())
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in batch.items()}
+
+  def step(self, state, batch):
+    """One optimizer step; `batch` may be host-local numpy (it is put onto the mesh)."""
+    if not all(isinstance(v, jax.Array) for v in batch.values()):
+      batch = self.put_batch(batch)
+    with mesh_lib.use_mesh(self.mesh, self.rules):
+      return self._jit_step(state, self.frozen, batch, self.base_key)
+
+  def check_batch(self, batch_size: int) -> None:
+    mesh_lib.check_divisible(self.mesh, batch=batch_size)
+    if batch_size % (self.accum_steps * math.prod(
+        self.mesh.shape[a] for a in ("data", "fsdp"))):
+      raise ValueError(f"batch {batch_size} must split into {self.accum_steps} micro-batches, "
+                       f"each divisible by data×fsdp")
+
+  def lower(self, batch_spec: dict[str, jax.ShapeDtypeStruct]):
+    """AOT-lowers the step for abstract inputs (no weights or data needed)."""
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
+             for k, v in batch_spec.items()}
+    frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          self.frozen)
+    with mesh_lib.use_mesh(self.mesh, self.rules):
+      return self._jit_step.lower(self.abstract_state(), frozen, batch, self.base_key)
+
+
+def batch_spec(batch: int, frames: int, channels: int, height: int, width: int, text_len: int,
+               text_dim: int, dtype=jnp.float32) -> dict[str, jax.ShapeDtypeStruct]:
+  """Abstract batch for AOT compilation and the memory plan."""
+  sd = jax.ShapeDtypeStruct
+  return {"latents": sd((batch, frames, channels, height, width), dtype),
+          "text_embeds": sd((batch, text_len, text_dim), dtype),
+          "reward": sd((batch,), jnp.float32), "is_real": sd((batch,), jnp.bool_),
+          "all_good": sd((batch,), jnp.bool_)}
