@@ -133,6 +133,12 @@ def _builder_class():
 _BUILDER = None
 
 
+def _cast(ex: dict, dtypes: dict) -> dict:
+  """Arrays to their storage dtypes (TFDS wants the feature dtype exactly)."""
+  return {k: np.asarray(v).astype(dtypes[k], copy=False) if k in dtypes else v
+          for k, v in ex.items()}
+
+
 def write_dataset(out_dir: str, examples: dict[str, Iterable[dict]], *,
                   latent_shape: Sequence[int], text_shape: Sequence[int] = (226, 4096),
                   latent_dtype: str = "float32", embed_dtype: str = "bfloat16",
@@ -158,6 +164,9 @@ def write_dataset(out_dir: str, examples: dict[str, Iterable[dict]], *,
   config = LatentsConfig(name="prepared", latent_shape=tuple(int(d) for d in latent_shape),
                          text_shape=tuple(int(d) for d in text_shape), latent_dtype=latent_dtype,
                          embed_dtype=embed_dtype)
+  cast = {"latent_mean": _np_dtype(latent_dtype), "latent_logvar": _np_dtype(latent_dtype),
+          "text_embeds": _np_dtype(embed_dtype)}
+  examples = {s: (_cast(ex, cast) for ex in it) for s, it in examples.items()}
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp_root = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
