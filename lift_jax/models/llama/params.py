@@ -1,0 +1,121 @@
+"""transformers `LlamaForCausalLM` keys -> `LlamaForCausalLM`, and `load` / `save`.
+
+`load` reads a transformers folder (config.json + safetensors, sharded or not), VILA's `llm/` folder
+(or a VILA root holding it), or a converted checkpoint (kind "llama"). With tied embeddings a stored
+`lm_head.weight` is skipped; old checkpoints' `rotary_emb.inv_freq` buffers are skipped too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flax import nnx
+from jax.sharding import Mesh
+
+from lift_jax.checkpoint import store
+from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
+from lift_jax.checkpoint.tables import Rule, identity, linear, load_from_table
+from lift_jax.models.llama.modeling import LlamaConfig, LlamaForCausalLM
+
+KIND = "llama"
+SUBFOLDER = "llm"
+IGNORED = ("model.layers.*.self_attn.rotary_emb.inv_freq",)
+
+
+def llama_rules(cfg: LlamaConfig) -> list[Rule]:
+  """One row per transformers key; `{i}` rows fill the stacked layer parameters."""
+  d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+  q_heads = lambda w: w.T.reshape(d, n, h)  # [N·H, D] -> [D, N, H]
+  kv_heads = lambda w: w.T.reshape(d, k, h)  # [K·H, D] -> [D, K, H]
+  from_heads = lambda w: w.T.reshape(n, h, d)  # [D, N·H] -> [N, H, D]
+  blk, dst = "model.layers.{i}", "layers.layers"
+  rules = [
+      Rule("model.embed_tokens.weight", "embed_tokens", identity),
+      Rule("model.norm.weight", "norm.scale", identity),
+      Rule(f"{blk}.input_layernorm.weight", f"{dst}.input_layernorm.scale", identity),
+      Rule(f"{blk}.post_attention_layernorm.weight", f"{dst}.post_attention_layernorm.scale",
+           identity),
+      Rule(f"{blk}.self_attn.q_proj.weight", f"{dst}.attn.q.kernel", q_heads),
+      Rule(f"{blk}.self_attn.k_proj.weight", f"{dst}.attn.k.kernel", kv_heads),
+      Rule(f"{blk}.self_attn.v_proj.weight", f"{dst}.attn.v.kernel", kv_heads),
+      Rule(f"{blk}.self_attn.o_proj.weight", f"{dst}.attn.o.kernel", from_heads),
+      Rule(f"{blk}.mlp.gate_proj.weight", f"{dst}.mlp.gate.kernel", linear),
+      Rule(f"{blk}.mlp.up_proj.weight", f"{dst}.mlp.up.kernel", linear),
+      Rule(f"{blk}.mlp.down_proj.weight", f"{dst}.mlp.down.kernel", linear),
+  ]
+  if cfg.attention_bias:
+    rules += [Rule(f"{blk}.self_attn.q_proj.bias", f"{dst}.attn.q.bias", lambda b: b.reshape(n, h)),
+              Rule(f"{blk}.self_attn.k_proj.bias", f"{dst}.attn.k.bias", lambda b: b.reshape(k, h)),
+              Rule(f"{blk}.self_attn.v_proj.bias", f"{dst}.attn.v.bias", lambda b: b.reshape(k, h)),
+              Rule(f"{blk}.self_attn.o_proj.bias", f"{dst}.attn.o.bias", identity)]
+  if cfg.mlp_bias:
+    rules += [Rule(f"{blk}.mlp.{p}_proj.bias", f"{dst}.mlp.{p}.bias", identity)
+              for p in ("gate", "up", "down")]
+  if not cfg.tie_word_embeddings:
+    rules.append(Rule("lm_head.weight", "lm_head.kernel", linear))
+  return rules
+
+
+def ignored_keys(cfg: LlamaConfig) -> tuple[str, ...]:
+  return IGNORED + (("lm_head.weight",) if cfg.tie_word_embeddings else ())
+
+
+def read_json(path: str, what: str) -> dict:
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path}: missing (expected {what})")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as err:
+    raise CheckpointError(f"{path}: unreadable ({err})") from err
+
+
+def resolve_folder(path: str) -> str:
+  """Accepts the LLM folder itself or a VILA root holding `llm/`."""
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path}: Llama folder does not exist")
+  nested = os.path.join(path, SUBFOLDER)
+  if os.path.isdir(nested) and not store.is_converted(path):
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config) or "llm_cfg" in read_json(config, "a config"):
+      return nested
+  return path
+
+
+def llama_config(path: str, **runtime) -> LlamaConfig:
+  """The config of a transformers folder or converted checkpoint, with runtime overrides."""
+  if store.is_converted(path):
+    meta = store.read_meta(path)
+    if meta["kind"] != KIND:
+      raise CheckpointError(f"{path}: holds a {meta['kind']!r} checkpoint, not {KIND!r}")
+    config, where = meta["config"], os.path.join(path, store.META_FILE)
+  else:
+    where = os.path.join(resolve_folder(path), "config.json")
+    config = read_json(where, "the Llama model's config.json")
+  try:
+    return LlamaConfig.from_hf_config(config, **runtime)
+  except (TypeError, ValueError) as err:
+    raise CheckpointError(f"{where}: {err}") from err
+
+
+def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
+         mesh: Mesh | None = None, remat: str = "none", attention_impl: str = "auto",
+         progress: bool = False) -> LlamaForCausalLM:
+  """Loads a Llama-family causal LM from a transformers/VILA folder or a converted checkpoint.
+
+  `dtype` is the compute dtype; parameters are stored in `param_dtype` (default: `dtype`). With a
+  `mesh`, each parameter is placed directly onto its shards.
+  """
+  cfg = llama_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
+                     attention_impl=attention_impl)
+  make = lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
+  if store.is_converted(path):
+    return store.restore_model(path, make, mesh=mesh)
+  return load_from_table(make, WeightFolder(resolve_folder(path)), llama_rules(cfg), mesh=mesh,
+                         ignore=ignored_keys(cfg), progress=progress)
+
+
+def save(model: LlamaForCausalLM, dst: str, *, overwrite: bool = False) -> str:
+  """Writes a converted checkpoint that `load` reads back."""
+  return store.save_model(dst, KIND, model.config.to_hf_config(), model, overwrite=overwrite)
