@@ -19,11 +19,13 @@ metadata.json holds the VAE `scaling_factor` and the preparation settings.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -174,8 +176,11 @@ def write_dataset(out_dir: str, examples: dict[str, Iterable[dict]], *,
     builder = LiftLatents(examples=examples, metadata=metadata, config=config,
                           data_dir=tmp_root, file_format="array_record")
     tfds.disable_progress_bar()  # the caller shows one bar over all videos
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    # TFDS prints its "Downloading and preparing" banner to stdout; keep stdout for the caller's
+    # results (tools print a JSON summary there).
+    with contextlib.redirect_stdout(sys.stderr):
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     built = os.fspath(builder.data_dir)
     for name, make_text in (extra_files or {}).items():
       with open(os.path.join(built, name), "w", encoding="utf-8") as f:
