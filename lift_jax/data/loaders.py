@@ -171,6 +171,9 @@ def make_iterator(dataset, *, num_threads: int = 2, prefetch: int = 2, worker_co
   it_ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                     prefetch_buffer_size=prefetch))
   if worker_count > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags (defaults are fine)
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
   return iter(it_ds)

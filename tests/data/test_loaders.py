@@ -179,3 +179,22 @@ def test_reads_a_prepared_dataset(tmp_path):
   f32 = loaders.make_dataset(out, batch_size=4, num_epochs=1, process_index=0, process_count=1,
                              text_dtype=np.float32)
   assert f32[0]["text_embeds"].dtype == np.float32
+
+
+def test_worker_processes_give_the_same_batches_and_resume():
+  ds = make(real_fraction=0.25)
+  want = take(ds, 4)
+  it = loaders.make_iterator(ds, worker_count=2)
+  try:
+    got = [next(it) for _ in range(2)]
+    state = it.get_state()
+  finally:
+    it.close()
+  it = loaders.make_iterator(make(real_fraction=0.25), worker_count=2)
+  try:
+    it.set_state(state)
+    got += [next(it) for _ in range(2)]
+  finally:
+    it.close()
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g["latents"], w["latents"])
