@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prepare the reward dataset: decode each video once, encode it (VAE latent mean/logvar, T5
+r"""Prepare the reward dataset: decode each video once, encode it (VAE latent mean/logvar, T5
 embeddings of its caption) and write TFDS ArrayRecord shards for training.
 
   python tools/prepare_data.py --manifest work/videos/manifest.jsonl --scores work/scores.jsonl \
