@@ -20,11 +20,14 @@ class Kind(NamedTuple):
   load: str
   save: str
   export: str | None = None
+  # Optional streaming converter `(src, dst, dtype, overwrite, progress) -> n_params` that never
+  # holds the whole model (what full-size conversions use).
+  stream: str | None = None
 
 
 KINDS: dict[str, Kind] = {
     "cogvideox-transformer": Kind("lift_jax.models.cogvideox.loading", "load_transformer",
-                                  "save_transformer", "export_diffusers"),
+                                  "save_transformer", "export_diffusers", "convert_transformer"),
     "t5-encoder": Kind("lift_jax.models.t5.params", "load_encoder", "save_encoder"),
 }
 
@@ -47,9 +50,14 @@ def convert(kind: str, src: str, dst: str, *, dtype: str = "float32", overwrite:
   """
   if to not in ("lift_jax", "pytorch"):
     raise ValueError(f"to must be 'lift_jax' or 'pytorch', got {to!r}")
+  start = time.perf_counter()
+  if to == "lift_jax" and KINDS.get(kind, Kind("", "", "")).stream and not load_kwargs:
+    n_params = _function(kind, "stream")(src, dst, dtype=dtype, overwrite=overwrite,
+                                         progress=progress)
+    return {"kind": kind, "src": src, "dst": dst, "to": to, "dtype": dtype,
+            "parameters": int(n_params), "seconds": round(time.perf_counter() - start, 2)}
   load = _function(kind, "load")
   write = _function(kind, "save" if to == "lift_jax" else "export")
-  start = time.perf_counter()
   model = load(src, dtype=dtype, progress=progress, **load_kwargs)
   loaded = time.perf_counter()
   write(model, dst, overwrite=overwrite)

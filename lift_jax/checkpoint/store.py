@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax
 import orbax.checkpoint as ocp
@@ -43,9 +43,32 @@ def read_meta(path: str) -> dict[str, Any]:
   return meta
 
 
-def save_model(dst: str, kind: str, config: dict[str, Any], model: nnx.Module, *,
-               overwrite: bool = False) -> str:
-  """Saves `model`'s parameters and `config` to `dst` atomically; returns `dst`."""
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = out
+    *parents, leaf = path.split(".")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out
+
+
+def _checkpointer() -> ocp.Checkpointer:
+  # Synchronous, with at most ~1 GB in flight device -> host: the host copy is what would
+  # otherwise double a conversion's peak memory.
+  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(save_concurrent_gb=1,
+                                                      save_device_host_concurrent_gb=1))
+
+
+def save_streaming(dst: str, kind: str, config: dict[str, Any],
+                   arrays: Iterable[tuple[str, jax.Array]], *, overwrite: bool = False,
+                   group_bytes: int = 512 * 1024**2) -> str:
+  """Saves parameters as they arrive, in groups of about `group_bytes`, releasing each group.
+
+  `arrays` yields (dotted NNX path, array); each group is one orbax checkpoint under
+  `params/NNNNN/`, so peak memory is one group, not the model.
+  """
   dst = os.path.abspath(dst)
   if os.path.exists(dst) and not overwrite:
     raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
@@ -53,12 +76,27 @@ def save_model(dst: str, kind: str, config: dict[str, Any], model: nnx.Module, *
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
   try:
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, "params"), params)
-    checkpointer.wait_until_finished()
+    groups: list[list[str]] = []
+    pending: dict[str, jax.Array] = {}
+    size = 0
+    checkpointer = _checkpointer()
+
+    def flush():
+      checkpointer.save(os.path.join(tmp, "params", f"{len(groups):05d}"), _nest(pending))
+      groups.append(sorted(pending))
+      pending.clear()
+
+    for path, array in arrays:
+      pending[path] = array
+      size += array.nbytes
+      if size >= group_bytes:
+        flush()
+        size = 0
+    if pending or not groups:
+      flush()
     with open(os.path.join(tmp, META_FILE), "w") as f:
-      json.dump({"format": FORMAT_VERSION, "kind": kind, "config": config}, f, indent=2)
+      json.dump({"format": FORMAT_VERSION, "kind": kind, "config": config, "groups": groups}, f,
+                indent=2)
     if os.path.exists(dst):
       shutil.rmtree(dst)
     os.replace(tmp, dst)
@@ -68,23 +106,50 @@ def save_model(dst: str, kind: str, config: dict[str, Any], model: nnx.Module, *
   return dst
 
 
+def save_model(dst: str, kind: str, config: dict[str, Any], model: nnx.Module, *,
+               overwrite: bool = False) -> str:
+  """Saves `model`'s parameters and `config` to `dst` atomically; returns `dst`."""
+  flat = [(".".join(str(getattr(k, "key", k)) for k in path), var[...])
+          for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+  return save_streaming(dst, kind, config, flat, overwrite=overwrite)
+
+
 def restore_model(path: str, make_model: Callable[[], nnx.Module], *, mesh: Mesh | None = None,
                   rules=mesh_lib.DEFAULT_RULES) -> nnx.Module:
   """Restores a converted checkpoint straight onto the shards of `mesh` (default: one device)."""
-  abstract_model = nnx.eval_shape(make_model)
-  graphdef, abstract_state = nnx.split(abstract_model)
+  meta = read_meta(path)
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
   mesh = mesh or mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
   shardings = mesh_lib.param_shardings(abstract_state, mesh, rules)
-  target = jax.tree.map(
-      lambda var, sh: jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=sh),
-      nnx.to_pure_dict(abstract_state), nnx.to_pure_dict(shardings))
-  params_dir = os.path.join(os.path.abspath(path), "params")
-  if not os.path.isdir(params_dir):
-    raise CheckpointError(f"{path}: converted checkpoint has no params/ folder")
-  try:
-    restored = ocp.StandardCheckpointer().restore(params_dir, target)
-  except Exception as err:
-    raise CheckpointError(f"{params_dir}: cannot restore parameters ({type(err).__name__}: "
-                          f"{err})") from err
-  nnx.replace_by_pure_dict(abstract_state, restored)
-  return nnx.merge(graphdef, abstract_state)
+  flat_state = nnx.to_flat_state(abstract_state)
+  dotted = lambda p: ".".join(str(getattr(k, "key", k)) for k in p)
+  targets = {dotted(p): jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh.value
+                                             if isinstance(sh, nnx.Variable) else sh)
+             for (p, v), (_, sh) in zip(flat_state, nnx.to_flat_state(shardings))}
+  saved = {p for group in meta.get("groups", []) for p in group}
+  if saved != set(targets):
+    missing, extra = sorted(set(targets) - saved), sorted(saved - set(targets))
+    raise CheckpointError(f"{path}: converted checkpoint does not match the model "
+                          f"(missing {missing[:20]}, unexpected {extra[:20]})")
+  values: dict[str, jax.Array] = {}
+  checkpointer = _checkpointer()
+  for g, group in enumerate(meta["groups"]):
+    group_dir = os.path.join(os.path.abspath(path), "params", f"{g:05d}")
+    try:
+      restored = checkpointer.restore(
+          group_dir, args=ocp.args.PyTreeRestore(
+              item=_nest({p: targets[p] for p in group}),
+              restore_args=_nest({p: ocp.ArrayRestoreArgs(sharding=targets[p].sharding,
+                                                           dtype=targets[p].dtype)
+                                  for p in group})))
+    except Exception as err:
+      raise CheckpointError(f"{group_dir}: cannot restore parameters ({type(err).__name__}: "
+                            f"{err})") from err
+    for p in group:
+      node = restored
+      for k in p.split("."):
+        node = node[k]
+      values[p] = node
+  for p, var in flat_state:
+    var.value = values[dotted(p)]
+  return nnx.merge(graphdef, nnx.from_flat_state(flat_state))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -124,19 +124,19 @@ def _zeros(shape, dtype, sharding):
   return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
 
 
-def load_from_table(make_model: Callable[[], nnx.Module], folder: WeightFolder,
-                    rules: Sequence[Rule], *, mesh: Mesh | None = None,
-                    rules_logical=mesh_lib.DEFAULT_RULES, ignore: Iterable[str] = (),
-                    progress: bool = False) -> nnx.Module:
-  """Builds `make_model()` abstractly and fills it from `folder` through the table `rules`."""
-  abstract_model = nnx.eval_shape(make_model)
-  graphdef, abstract_state = nnx.split(abstract_model)
+def stream_from_table(abstract_state: nnx.State, folder: WeightFolder, rules: Sequence[Rule], *,
+                      mesh: Mesh | None = None, rules_logical=mesh_lib.DEFAULT_RULES,
+                      ignore: Iterable[str] = (),
+                      progress: bool = False) -> Iterator[tuple[str, jax.Array]]:
+  """Checks the table, then yields (NNX path, array on its shards) one parameter at a time.
+
+  Stacked parameters are assembled in place in a donated device buffer, one layer at a time, so
+  the largest transient is one layer's tensor.
+  """
   variables = flat_variables(abstract_state)
   check_table(folder, rules, variables, ignore)
   mesh = mesh or mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
   shardings = flat_variables(mesh_lib.param_shardings(abstract_state, mesh, rules_logical))
-
-  values: dict[str, jax.Array] = {}
   iterator = rules
   if progress:
     from tqdm import tqdm
@@ -147,10 +147,10 @@ def load_from_table(make_model: Callable[[], nnx.Module], folder: WeightFolder,
     sharding = shardings[rule.dst]
     sharding = sharding.value if isinstance(sharding, nnx.Variable) else sharding
     if rule.zeros_if_missing and rule.src not in folder:
-      values[rule.dst] = _zeros(var.shape, dtype, sharding)
+      yield rule.dst, _zeros(var.shape, dtype, sharding)
       continue
     if not rule.stacked:
-      values[rule.dst] = jax.device_put(
+      yield rule.dst, jax.device_put(
           np.asarray(rule.transform(folder.read(rule.src))).astype(dtype), sharding)
       continue
     row_sharding = NamedSharding(sharding.mesh, PartitionSpec(*tuple(sharding.spec)[1:]))
@@ -159,8 +159,17 @@ def load_from_table(make_model: Callable[[], nnx.Module], folder: WeightFolder,
       row = np.asarray(rule.transform(folder.read(rule.src.format(i=i)))).astype(dtype)
       buf = _set_layer(buf, jax.device_put(row, row_sharding), np.int32(i))
       del row
-    values[rule.dst] = buf
+    yield rule.dst, buf
 
+
+def load_from_table(make_model: Callable[[], nnx.Module], folder: WeightFolder,
+                    rules: Sequence[Rule], *, mesh: Mesh | None = None,
+                    rules_logical=mesh_lib.DEFAULT_RULES, ignore: Iterable[str] = (),
+                    progress: bool = False) -> nnx.Module:
+  """Builds `make_model()` abstractly and fills it from `folder` through the table `rules`."""
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
+  values = dict(stream_from_table(abstract_state, folder, rules, mesh=mesh,
+                                  rules_logical=rules_logical, ignore=ignore, progress=progress))
   flat = nnx.to_flat_state(abstract_state)
   for path, var in flat:
     var.value = values[_path_str(path)]

@@ -261,7 +261,7 @@ def test_failed_save_leaves_no_partial_output(tiny_folder, tmp_path, monkeypatch
   def boom(*args, **kwargs):
     raise RuntimeError("disk full")
 
-  monkeypatch.setattr(ocp.StandardCheckpointer, "save", boom)
+  monkeypatch.setattr(ocp.Checkpointer, "save", boom)
   with pytest.raises(RuntimeError, match="disk full"):
     cogvideox.save_transformer(model, str(tmp_path / "out"))
   assert sorted(os.listdir(tmp_path)) == ["tr"]

@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 
 from lift_jax.checkpoint import store
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder, write_sharded
-from lift_jax.checkpoint.tables import export_tensors, load_from_table
+from lift_jax.checkpoint.tables import export_tensors, load_from_table, stream_from_table
 from lift_jax.models.cogvideox.modeling import CogVideoXConfig, CogVideoXTransformer3D
 from lift_jax.models.cogvideox.params import transformer_rules
 
@@ -69,6 +69,28 @@ def load_transformer(path: str, *, dtype: str = "float32", param_dtype: str | No
     return store.restore_model(path, make, mesh=mesh)
   folder = WeightFolder(resolve_diffusers_folder(path, "transformer"))
   return load_from_table(make, folder, transformer_rules(cfg), mesh=mesh, progress=progress)
+
+
+def convert_transformer(src: str, dst: str, *, dtype: str = "float32", mesh: Mesh | None = None,
+                        overwrite: bool = False, progress: bool = False) -> int:
+  """diffusers folder -> converted checkpoint, streaming: the model is never held whole.
+
+  Each parameter goes from the safetensors shards onto its device shards and into the output in
+  groups of ~512 MB. Returns the number of parameters.
+  """
+  cfg = transformer_config(src, dtype=dtype, param_dtype=dtype)
+  abstract = nnx.state(nnx.eval_shape(lambda: CogVideoXTransformer3D(cfg, rngs=nnx.Rngs(0))))
+  folder = WeightFolder(resolve_diffusers_folder(src, "transformer"))
+  count = [0]
+
+  def arrays():
+    for path, array in stream_from_table(abstract, folder, transformer_rules(cfg), mesh=mesh,
+                                         progress=progress):
+      count[0] += array.size
+      yield path, array
+
+  store.save_streaming(dst, KIND, cfg.to_diffusers_config(), arrays(), overwrite=overwrite)
+  return count[0]
 
 
 def save_transformer(model: CogVideoXTransformer3D, dst: str, *, overwrite: bool = False) -> str:
