@@ -29,6 +29,9 @@ KINDS: dict[str, Kind] = {
     "cogvideox-transformer": Kind("lift_jax.models.cogvideox.loading", "load_transformer",
                                   "save_transformer", "export_diffusers", "convert_transformer"),
     "t5-encoder": Kind("lift_jax.models.t5.params", "load_encoder", "save_encoder"),
+    "siglip-vision": Kind("lift_jax.models.siglip.params", "load", "save"),
+    "llama": Kind("lift_jax.models.llama.params", "load", "save"),
+    "vila-critic": Kind("lift_jax.models.critic.vila", "load_critic", "save_critic"),
 }
 
 
