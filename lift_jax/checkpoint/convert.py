@@ -28,6 +28,7 @@ class Kind(NamedTuple):
 KINDS: dict[str, Kind] = {
     "cogvideox-transformer": Kind("lift_jax.models.cogvideox.loading", "load_transformer",
                                   "save_transformer", "export_diffusers", "convert_transformer"),
+    "cogvideox-vae": Kind("lift_jax.models.cogvideox.vae_params", "load_vae", "save_vae"),
     "t5-encoder": Kind("lift_jax.models.t5.params", "load_encoder", "save_encoder"),
     "siglip-vision": Kind("lift_jax.models.siglip.params", "load", "save"),
     "llama": Kind("lift_jax.models.llama.params", "load", "save"),

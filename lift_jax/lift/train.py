@@ -80,6 +80,11 @@ def trainable_filter(name: str):
   raise ValueError(f"trainable={name!r}: expected one of {TRAINABLE}")
 
 
+def _abstract_put(tree, shardings):
+  return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree,
+                      shardings)
+
+
 def _tree_where(ok, new, old):
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
@@ -106,10 +111,14 @@ class Trainer:
     self.graphdef, params, frozen = nnx.split(model, trainable_filter(trainable), ...)
     self.param_shardings = nnx.to_pure_dict(mesh_lib.param_shardings(params, mesh, rules))
     self.frozen_shardings = nnx.to_pure_dict(mesh_lib.param_shardings(frozen, mesh, rules))
-    self.frozen = jax.device_put(nnx.to_pure_dict(frozen), self.frozen_shardings)
     self._params_template = params
     self._frozen_template = frozen
-    self._initial_params = jax.device_put(nnx.to_pure_dict(params), self.param_shardings)
+    # An abstract model (nnx.eval_shape) gives an abstract trainer: enough to AOT-compile the
+    # step and plan memory for a full-size model without allocating it.
+    self.abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
+    place = _abstract_put if self.abstract else jax.device_put
+    self.frozen = place(nnx.to_pure_dict(frozen), self.frozen_shardings)
+    self._initial_params = place(nnx.to_pure_dict(params), self.param_shardings)
     self.state_shardings = self._state_shardings()
     self._jit_step = jax.jit(
         self._step, in_shardings=(self.state_shardings, self.frozen_shardings, self.batch_sharding,
@@ -223,8 +232,7 @@ class Trainer:
     """AOT-lowers the step for abstract inputs (no weights or data needed)."""
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
              for k, v in batch_spec.items()}
-    frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          self.frozen)
+    frozen = _abstract_put(self.frozen, self.frozen_shardings)
     with mesh_lib.use_mesh(self.mesh, self.rules):
       return self._jit_step.lower(self.abstract_state(), frozen, batch, self.base_key)
 
