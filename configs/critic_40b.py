@@ -1,0 +1,17 @@
+"""Scoring with LiFT-Critic-40B (VILA1.5-40b + LoRA, hermes-2), as LiFT's run_critic_40b.py does.
+
+  python tools/score.py --config=configs/critic_40b.py --manifest work/videos/manifest.jsonl \
+      --out work/scores.jsonl --critic ckpt/VILA1.5-40b --lora ckpt/LiFT-Critic-40b-lora-v1.5
+
+The same scoring as configs/critic_13b.py with the ChatML (hermes-2) template. The 40B critic's
+vision tower (InternViT-6B) is not ported yet, so loading it fails with a clear error for now.
+"""
+
+from configs import critic_13b
+
+
+def get_config():
+  c = critic_13b.get_config()
+  c.critic.template = "hermes-2"
+  c.batch_videos = 2
+  return c
