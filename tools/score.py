@@ -100,9 +100,9 @@ def main(argv) -> None:
   brief = {k: v for k, v in summary.items() if k != "this_run"}
   print(json.dumps(brief, indent=2, ensure_ascii=False))
   if summary["unparseable_videos"] or summary["unreadable"]:
-    print(f"note: {summary['unreadable']} unreadable video(s) (listed in {summary['summary_file']}),"
-          f" {summary['unparseable_videos']} with unparseable answers (in "
-          f"{summary['unparsed_file']})", file=sys.stderr)
+    print(f"note: {summary['unreadable']} unreadable video(s) (listed in "
+          f"{summary['summary_file']}), {summary['unparseable_videos']} with unparseable answers "
+          f"(in {summary['unparsed_file']})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,8 @@ def test_config_block_matches_defaults():
   from configs import critic_13b, critic_40b
   for mod in (critic_13b, critic_40b):
     cfg = R.RewardConfig.from_config(mod.get_config().reward)
-    assert dict(cfg.label_scores) == R.REWARD_MAP and cfg.dimension_weights == dict.fromkeys(DIMS, 1.0)
+    assert dict(cfg.label_scores) == R.REWARD_MAP
+    assert cfg.dimension_weights == dict.fromkeys(DIMS, 1.0)
     assert cfg.reward(labels("Good", "Normal", "Bad")) == R.reward(labels("Good", "Normal", "Bad"))
   assert critic_40b.get_config().critic.template == "hermes-2"
   assert critic_13b.get_config().critic.template == "vicuna_v1"

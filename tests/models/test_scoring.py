@@ -131,8 +131,9 @@ def test_logits_and_generate_agree_on_forced_answers(forced):
       assert lg.expected_reward == pytest.approx(lg.reward, abs=1e-3)
       row = g.to_json()
       assert row["mode"] == "generate" and "probs" not in row and row["answers"]
-      print(f"forced {label}: generate {g.answers['motion issues']!r} -> {g.labels['motion issues']}"
-            f", logits P={lg.probs['motion issues'][label]:.4f}")
+      m = "motion issues"
+      print(f"forced {label}: generate {g.answers[m]!r} -> {g.labels[m]}, logits "
+            f"P={lg.probs[m][label]:.4f}")
 
 
 def test_unparseable_answers_are_counted_not_good(forced):
@@ -249,8 +250,10 @@ def test_score_manifest_resumes_and_counts(tmp_path):
   out = str(tmp_path / "scores.jsonl")
   sc = scoring.Scorer(StubCritic(STUB), "generate", batch_videos=2, sampling=dict(temperature=0))
   s = scoring.score_manifest(sc, manifest, out, read=_read, progress=False)
-  assert (s["videos_in_manifest"], s["scored"], s["unparseable_videos"], s["unreadable"]) == (5, 3, 1, 1)
-  assert s["unreadable_videos"] == [f"{tmp_path}/videos/broken.mp4: cannot decode: InvalidDataError"]
+  counts = (s["videos_in_manifest"], s["scored"], s["unparseable_videos"], s["unreadable"])
+  assert counts == (5, 3, 1, 1)
+  assert s["unreadable_videos"] == [
+      f"{tmp_path}/videos/broken.mp4: cannot decode: InvalidDataError"]
   assert s["unparseable_answers"] == 1 and s["remaining"] == 0
   assert s["mean_reward"] == pytest.approx((0.9 + 1.15 / 3 + 0.1) / 3)
   assert s["label_counts"]["fidelity issues"] == {"Good": 2, "Normal": 0, "Bad": 2}

@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _tool():
-  spec = importlib.util.spec_from_file_location("score_tool", os.path.join(ROOT, "tools", "score.py"))
+  path = os.path.join(ROOT, "tools", "score.py")
+  spec = importlib.util.spec_from_file_location("score_tool", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
@@ -59,7 +60,8 @@ def work(tmp_path_factory):
 def test_scores_jsonl_summary_and_resume(work):
   out = str(work["root"] / "work" / "scores.jsonl")
   s = work["tool"].run(_config(), work["manifest"], out, critic_path=work["bad"], progress=False)
-  assert (s["videos_in_manifest"], s["scored"], s["unreadable"], s["unparseable_videos"]) == (4, 3, 1, 0)
+  counts = (s["videos_in_manifest"], s["scored"], s["unreadable"], s["unparseable_videos"])
+  assert counts == (4, 3, 1, 0)
   assert s["unreadable_videos"][0].startswith(os.path.join(os.path.dirname(work["manifest"]),
                                                            "corrupt.mp4"))
   assert s["mean_reward"] == pytest.approx(0.05) and s["critic"]["template"] == "vicuna_v1"
@@ -67,7 +69,7 @@ def test_scores_jsonl_summary_and_resume(work):
   rows = [json.loads(x) for x in open(out)]
   assert [r["path"] for r in rows] == [f"videos/{k:03d}.mp4" for k in range(3)]
   r = rows[0]
-  assert r["prompt"] == "A panda eats bamboo, take 0." and r["seed"] == 0 and r["mode"] == "generate"
+  assert (r["prompt"], r["seed"], r["mode"]) == ("A panda eats bamboo, take 0.", 0, "generate")
   assert r["labels"] == {d: "Bad" for d in r["labels"]} and len(r["labels"]) == 3
   assert set(r["reasons"].values()) == {"blurry"} and r["reward"] == pytest.approx(0.05)
   assert r["scores"] == {d: 0.05 for d in r["labels"]}

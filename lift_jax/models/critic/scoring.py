@@ -290,7 +290,7 @@ def score_manifest(scorer: Scorer, manifest: str, out: str, *, overwrite: bool =
   """Scores every video of generate's manifest into `out` (scores.jsonl); returns the summary.
 
   Resumes by default: videos already in `out` or in the unparsed file are not scored again
-  (`overwrite=True` starts over). Unreadable videos are skipped, counted and named (and tried
+  (`overwrite=True` starts over; deleting the unparsed file retries just those videos). Unreadable videos are skipped, counted and named (and tried
   again by the next run). Videos are decoded in `read_workers` threads while the critic runs.
   """
   read = read or video_lib.read_video
