@@ -6,6 +6,9 @@ N: grouped-query attention needs no repeat by the caller) and returns `[B, T, N,
 Implementations:
   xla     `jax.nn.dot_product_attention(implementation="xla")`; everywhere, the CPU default.
   cudnn   the cuDNN flash kernel through the same JAX call; GPU only, fp16/bf16 only.
+  chunked XLA over blocks of queries, each block rematerialized in the backward pass: memory
+          O(block·S) instead of O(T·S), on any backend (long video sequences without a fused
+          kernel: CPU, fp32 on GPU, ahead-of-time memory planning).
   splash  Pallas splash attention; TPU only.
   auto    splash on TPU, cudnn on GPU for half-precision inputs, xla otherwise.
 A requested kernel that cannot run here falls back to `xla` with a warning that says why, once per
@@ -20,7 +23,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "chunked")
+CHUNK = 512
 _HALF = (jnp.bfloat16, jnp.float16)
 
 
@@ -69,6 +73,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "auto",
         _warn_once("attention impl 'splash' takes no explicit mask or bias here; using 'xla'")
       else:
         return _splash(q, k, v, is_causal=is_causal, scale=scale)
+    if chosen == "chunked":
+      if mask is None and bias is None and not is_causal:
+        return _chunked(q, k, v, scale=scale)
+      _warn_once("attention impl 'chunked' takes no mask, bias or causal flag; using 'xla'")
     if chosen == "cudnn":
       try:
         return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal,
@@ -78,6 +86,22 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "auto",
                    f"({type(err).__name__}: {err}); using 'xla' instead")
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal,
                                         scale=scale, implementation="xla")
+
+
+def _chunked(q, k, v, *, scale: float | None, chunk: int = CHUNK) -> jax.Array:
+  """Exact softmax attention one block of queries at a time (each block rematerialized)."""
+  b, t, n, h = q.shape
+  if t <= chunk:
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="xla")
+  pad = -t % chunk
+  blocks = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, -1, chunk, n, h)
+
+  @jax.checkpoint
+  def one(q_block):
+    return jax.nn.dot_product_attention(q_block, k, v, scale=scale, implementation="xla")
+
+  out = jax.lax.map(one, blocks.transpose(1, 0, 2, 3, 4))
+  return out.transpose(1, 0, 2, 3, 4).reshape(b, t + pad, n, h)[:, :t]
 
 
 def _splash(q, k, v, *, is_causal: bool, scale: float | None) -> jax.Array:

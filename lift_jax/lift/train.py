@@ -132,12 +132,14 @@ class Trainer:
     return NamedSharding(self.mesh, mesh_lib.logical_to_spec(("activation_batch",), self.rules))
 
   def _state_shardings(self):
-    """Optimizer moments take their parameters' shardings (read off the compiled `tx.init`)."""
+    """Optimizer moments take their parameters' shardings; counters are replicated.
+
+    (XLA would replicate `zeros_like` outputs: they do not depend on the sharded input's data.)
+    """
     replicated = NamedSharding(self.mesh, PartitionSpec())
-    abstract_params = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self._initial_params)
-    opt_sh = jax.jit(self.tx.init).lower(abstract_params).compile().output_shardings
-    opt_sh = jax.tree.map(lambda sh: sh if isinstance(sh, NamedSharding) else replicated, opt_sh)
+    abstract_opt = jax.eval_shape(self.tx.init, self._initial_params)
+    opt_sh = optax.tree_map_params(self.tx, lambda _, sh: sh, abstract_opt, self.param_shardings,
+                                   transform_non_params=lambda _: replicated)
     return {"step": replicated, "params": self.param_shardings, "opt_state": opt_sh,
             "bad_steps": replicated}
 

@@ -129,3 +129,14 @@ def test_stacked_blocks_scan_equals_python_loop():
     expected = expected + 0.5 * jnp.tanh(expected @ kernel + bias)
   assert stack.layers.dense.kernel.get_metadata()["out_sharding"] == ("layers", "embed", "mlp")
   assert rel_err(stack(x, 0.5), expected) < 1e-6
+
+
+def test_chunked_attention_equals_full_and_its_gradient():
+  rng = np.random.default_rng(3)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 1100, 2, 8)).astype(np.float32)) for _ in range(3))
+  full = lambda q: layers.attention(q, k, v, impl="xla")
+  chunked = lambda q: layers.attention(q, k, v, impl="chunked")
+  assert rel_err(chunked(q), full(q)) < 1e-6
+  g_full = jax.grad(lambda q: jnp.sum(full(q) ** 2))(q)
+  g_chunked = jax.grad(lambda q: jnp.sum(chunked(q) ** 2))(q)
+  assert rel_err(g_chunked, g_full) < 1e-5
