@@ -1,6 +1,11 @@
 """VILA-1.5, the LiFT-Critic's base model: frames -> vision tower -> mlp_downsample projector ->
 spliced into the LLM's prompt embeddings -> Llama.
 
+Two towers, chosen by `vision_tower/config.json`: SigLIP-so400m (VILA1.5-3b/13b: 27x27 tokens, no
+CLS, `cls_patch` at layer -2, vicuna_v1) and InternViT-6B-448px-V1-2 (VILA1.5-40b: CLS + 32x32,
+`patch` at layer -1 so the CLS is dropped, 2x2 merge to 256 tokens of 4·3200, Yi-34B with GQA,
+hermes-2). Both feed the same `mlp_downsample` projector.
+
 Model (`VilaCritic`, an NNX module; pure arrays in, arrays out, jit- and mesh-friendly):
   encode_frames(pixel_values [V,F,3,H,W]) -> [V,F,P',D]   tower `hidden_states[select_layer]`
       (`cls_patch`: all tokens; `patch`: CLS dropped) -> 2x2 merge (zero-padded to an even side)
@@ -25,7 +30,6 @@ frames (`video_index`).
 Loading: `load_critic(path, lora=None)` reads a VILA folder (config.json, llm/, vision_tower/,
 mm_projector/) and, when given, a PEFT LoRA adapter folder merged into the LLM weights as they stream
 in (`lora.py`); or a converted checkpoint (kind "vila-critic", `save_critic`).
-The 40B critic's InternViT-6B tower is not ported yet: its folders raise a clear error.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from lift_jax import layers
 from lift_jax.checkpoint import store
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
 from lift_jax.checkpoint.tables import Rule, identity, linear, load_from_table
+from lift_jax.models import intern_vit as intern_lib
 from lift_jax.models import llama as llama_lib
 from lift_jax.models import siglip as siglip_lib
 from lift_jax.models.critic import lora as lora_lib
@@ -64,6 +69,12 @@ LIFT_SAMPLING = dict(temperature=0.2, top_k=50, top_p=1.0, max_new_tokens=512)
 _TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*",
                     "merges.txt", "chat_template*")
 _TOKENS = ("activation_batch", "activation_length", "activation_embed")
+# vision_type -> (config class, tower module class, params module).
+_TOWERS = {
+    "siglip": (siglip_lib.SiglipVisionConfig, siglip_lib.SiglipVisionModel, siglip_lib.params),
+    "intern_vit": (intern_lib.InternVisionConfig, intern_lib.InternVisionModel, intern_lib.params),
+}
+VisionConfig = siglip_lib.SiglipVisionConfig | intern_lib.InternVisionConfig
 
 
 # ----------------------------------------------------------------------------- config
@@ -74,7 +85,7 @@ class VilaConfig:
   """The assembled model: LLM and tower configs plus VILA's multimodal settings."""
 
   llm: llama_lib.LlamaConfig
-  vision: siglip_lib.SiglipVisionConfig
+  vision: VisionConfig
   image: siglip_lib.ImageProcessor = siglip_lib.ImageProcessor()
   vision_type: str = "siglip"
   projector_type: str = "mlp_downsample"
@@ -96,6 +107,11 @@ class VilaConfig:
     return ((side + 1) // 2) ** 2
 
   def validate(self) -> None:
+    if self.vision_type not in _TOWERS:
+      raise ValueError(f"vision_type={self.vision_type!r}; expected one of {sorted(_TOWERS)}")
+    if not isinstance(self.vision, _TOWERS[self.vision_type][0]):
+      raise ValueError(f"vision_type={self.vision_type!r} but the tower config is a "
+                       f"{type(self.vision).__name__}")
     if self.projector_type != "mlp_downsample":
       raise ValueError(f"mm_projector_type={self.projector_type!r}: only 'mlp_downsample' (VILA1.5) "
                        "is supported")
@@ -125,12 +141,17 @@ class VilaConfig:
     return cfg
 
 
-def _vision_config(vision_type: str, config: dict, runtime: dict):
-  if vision_type == "siglip":
-    return siglip_lib.SiglipVisionConfig.from_hf_config(config, **runtime)
-  raise NotImplementedError(
-      f"vision tower {vision_type!r} is not ported yet (the 40B critic's InternViT-6B belongs in "
-      "lift_jax.models.intern_vit); only the SigLIP tower of VILA1.5-3b/13b is available")
+def _vision_config(vision_type: str, config: dict, runtime: dict) -> VisionConfig:
+  if vision_type not in _TOWERS:
+    raise ValueError(f"vision tower {vision_type!r}; expected one of {sorted(_TOWERS)}")
+  return _TOWERS[vision_type][0].from_hf_config(config, **runtime)
+
+
+def _image_processor(vision_type: str, folder: str, image_size: int) -> siglip_lib.ImageProcessor:
+  """The tower's preprocessing: SigLIP's (mean = std = 0.5) or VILA's InternViT one (ImageNet)."""
+  if vision_type == "intern_vit":
+    return intern_lib.image_processor(folder, image_size=image_size)
+  return siglip_lib.ImageProcessor.load(folder, image_size=image_size)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -177,9 +198,7 @@ class VilaCritic(nnx.Module):
     cfg.validate()
     self.config = cfg
     self.tokenizer_path = tokenizer_path
-    if cfg.vision_type != "siglip":
-      _vision_config(cfg.vision_type, {}, {})
-    self.vision = siglip_lib.SiglipVisionModel(cfg.vision, rngs=rngs)
+    self.vision = _TOWERS[cfg.vision_type][1](cfg.vision, rngs=rngs)
     self.projector = MlpDownsampleProjector(
         cfg.vision.hidden_size, cfg.llm.hidden_size, dtype=jnp.dtype(cfg.llm.dtype),
         param_dtype=jnp.dtype(cfg.llm.param_dtype), rngs=rngs)
@@ -370,8 +389,7 @@ def vila_config(path: str, *, template: str | None = None, **runtime) -> VilaCon
     vision = _vision_config(vision_type, vision_cfg, runtime)
   except (TypeError, ValueError) as err:
     raise CheckpointError(f"{vision_where}: {err}") from err
-  image = siglip_lib.ImageProcessor.load(os.path.join(path, "vision_tower"),
-                                         image_size=vision.image_size)
+  image = _image_processor(vision_type, os.path.join(path, "vision_tower"), vision.image_size)
   try:
     cfg = VilaConfig(llm=llm_cfg, vision=vision, image=image, vision_type=vision_type,
                      projector_type=projector_type or "",
@@ -421,7 +439,7 @@ def projector_rules() -> list[Rule]:
 def critic_rules(cfg: VilaConfig) -> list[Rule]:
   """The three tables, prefixed: `llm/…` -> `llm.…`, `vision/…` -> `vision.…`, `projector/…`."""
   tables = (("llm", llama_lib.llama_rules(cfg.llm)),
-            ("vision", siglip_lib.vision_rules(cfg.vision)),
+            ("vision", _TOWERS[cfg.vision_type][2].vision_rules(cfg.vision)),
             ("projector", projector_rules()))
   return [Rule(f"{part}/{r.src}", f"{part}.{r.dst}", r.transform)
           for part, rules in tables for r in rules]
@@ -429,9 +447,8 @@ def critic_rules(cfg: VilaConfig) -> list[Rule]:
 
 def critic_ignored(cfg: VilaConfig) -> tuple[str, ...]:
   from lift_jax.models.llama import params as llama_params
-  from lift_jax.models.siglip import params as siglip_params
   return (tuple(f"llm/{p}" for p in llama_params.ignored_keys(cfg.llm))
-          + tuple(f"vision/{p}" for p in siglip_params.IGNORED))
+          + tuple(f"vision/{p}" for p in _TOWERS[cfg.vision_type][2].IGNORED))
 
 
 def load_critic(path: str, lora: str | None = None, *, dtype: str = "float32",
@@ -466,7 +483,7 @@ def load_critic(path: str, lora: str | None = None, *, dtype: str = "float32",
     llm_weights = lora_lib.LoraMergedWeights(llm_weights, adapter)
   folder = JoinedWeights(path, {
       "llm": llm_weights,
-      "vision": siglip_lib.params.weights(os.path.join(path, "vision_tower")),
+      "vision": _TOWERS[cfg.vision_type][2].weights(os.path.join(path, "vision_tower")),
       "projector": siglip_lib.params.StripPrefix(WeightFolder(os.path.join(path, "mm_projector")),
                                                  PROJECTOR_PREFIX),
   })
