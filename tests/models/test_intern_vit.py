@@ -341,6 +341,18 @@ def test_converted_roundtrip(reference, tower, tmp_path):
   np.testing.assert_array_equal(np.asarray(_last(back, px)), np.asarray(_last(tower, px)))
 
 
+@pytest.mark.parametrize("config", ["TINY", "TINY_LN"])
+def test_table_inverts_to_the_original_state_dict(config, tmp_path):
+  from lift_jax.checkpoint.tables import export_tensors
+  model = make_reference(globals()[config], seed=2)
+  tower = intern_vit.load(save_original(model, tmp_path / config))
+  got = dict(export_tensors(tower, intern_vit.vision_rules(tower.config)))
+  want = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  assert sorted(got) == sorted(want)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 def test_config_presets_and_hf_fields():
   cfg = intern_vit.InternVisionConfig.internvit_6b_448px_v1_2()
   assert (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.num_hidden_layers,

@@ -38,25 +38,32 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def vision_rules(cfg: InternVisionConfig) -> list[Rule]:
-  """One row per (prefix-free) original key; `{i}` rows fill the stacked layers."""
+  """One row per (prefix-free) original key; `{i}` rows fill the stacked layers. Every row can
+  be inverted (`tables.export_tensors` gives the original state dict back)."""
   d, n, h = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
   blk, dst = "encoder.layers.{i}", "blocks.layers"
+  p1 = cfg.num_patches + 1
   rules = [
-      Rule("embeddings.class_embedding", "class_embedding", lambda w: w.reshape(d)),
-      Rule("embeddings.position_embedding", "position_embedding",
-           lambda w: w.reshape(cfg.num_patches + 1, d)),
+      Rule("embeddings.class_embedding", "class_embedding", lambda w: w.reshape(d),
+           lambda k: k.reshape(1, 1, d)),
+      Rule("embeddings.position_embedding", "position_embedding", lambda w: w.reshape(p1, d),
+           lambda k: k.reshape(1, p1, d)),
       Rule("embeddings.patch_embedding.weight", "patch_embedding.kernel",
-           lambda w: w.transpose(1, 2, 3, 0)),  # Conv2d [D, C, p, p] -> [C, p, p, D]
+           lambda w: w.transpose(1, 2, 3, 0),  # Conv2d [D, C, p, p] -> [C, p, p, D]
+           lambda k: k.transpose(3, 0, 1, 2)),
       Rule("embeddings.patch_embedding.bias", "patch_embedding.bias"),
       # [3·N·H, D] (q rows, then k, then v) -> [D, 3, N, H]
-      Rule(f"{blk}.attn.qkv.weight", f"{dst}.attn.qkv.kernel", lambda w: w.T.reshape(d, 3, n, h)),
-      Rule(f"{blk}.attn.proj.weight", f"{dst}.attn.o.kernel", lambda w: w.T.reshape(n, h, d)),
+      Rule(f"{blk}.attn.qkv.weight", f"{dst}.attn.qkv.kernel", lambda w: w.T.reshape(d, 3, n, h),
+           lambda k: k.reshape(d, 3 * n * h).T),
+      Rule(f"{blk}.attn.proj.weight", f"{dst}.attn.o.kernel", lambda w: w.T.reshape(n, h, d),
+           lambda k: k.reshape(n * h, d).T),
       Rule(f"{blk}.attn.proj.bias", f"{dst}.attn.o.bias", identity),
       Rule(f"{blk}.ls1", f"{dst}.ls1"),
       Rule(f"{blk}.ls2", f"{dst}.ls2"),
   ]
   if cfg.qkv_bias:
-    rules.append(Rule(f"{blk}.attn.qkv.bias", f"{dst}.attn.qkv.bias", lambda b: b.reshape(3, n, h)))
+    rules.append(Rule(f"{blk}.attn.qkv.bias", f"{dst}.attn.qkv.bias", lambda b: b.reshape(3, n, h),
+                      lambda b: b.reshape(-1)))
   if cfg.qk_normalization:
     rules += [Rule(f"{blk}.attn.{q}_norm.weight", f"{dst}.attn.{q}_norm.scale") for q in "qk"]
   for norm in ("norm1", "norm2"):
