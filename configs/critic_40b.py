@@ -3,8 +3,8 @@
   python tools/score.py --config=configs/critic_40b.py --manifest work/videos/manifest.jsonl \
       --out work/scores.jsonl --critic ckpt/VILA1.5-40b --lora ckpt/LiFT-Critic-40b-lora-v1.5
 
-The same scoring as configs/critic_13b.py with the ChatML (hermes-2) template. The 40B critic's
-vision tower (InternViT-6B) is not ported yet, so loading it fails with a clear error for now.
+The same scoring as configs/critic_13b.py with the ChatML (hermes-2) template; the vision tower
+is InternViT-6B (lift_jax/models/intern_vit), chosen from the folder's vision_tower/config.json.
 """
 
 from configs import critic_13b

@@ -31,6 +31,7 @@ KINDS: dict[str, Kind] = {
     "cogvideox-vae": Kind("lift_jax.models.cogvideox.vae_params", "load_vae", "save_vae"),
     "t5-encoder": Kind("lift_jax.models.t5.params", "load_encoder", "save_encoder"),
     "siglip-vision": Kind("lift_jax.models.siglip.params", "load", "save"),
+    "intern-vit": Kind("lift_jax.models.intern_vit.params", "load", "save"),
     "llama": Kind("lift_jax.models.llama.params", "load", "save"),
     "vila-critic": Kind("lift_jax.models.critic.vila", "load_critic", "save_critic"),
 }
