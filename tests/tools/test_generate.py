@@ -3,7 +3,6 @@ transformer, VAE and T5 were converted with tools/convert_checkpoint.py's code p
 that read back, the manifest, resuming, and the errors for bad prompts files and checkpoints."""
 
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
