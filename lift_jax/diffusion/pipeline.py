@@ -228,7 +228,8 @@ class TextToVideo:
     """Denoised latents `[B, F_lat, C, H/8, W/8]` (1.5: front padding frames included).
 
     `latents` (initial noise) and `step_noise` (`[num_steps, B, ...]`, DPM) replace the draws from
-    `seeds`, as diffusers' `latents=` does; parity tests use them.
+    `seeds`, as diffusers' `latents=` does; parity tests use them. DPM's per-prompt step noise is
+    drawn up front: num_steps x one latent per prompt (2B, 49 frames, bf16: 112 MB a prompt).
     """
     b = cond.shape[0]
     seeds = list(seeds)
