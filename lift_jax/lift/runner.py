@@ -1,0 +1,276 @@
+"""The LiFT loop as one resumable job: the stages of `tools/lift.py`.
+
+  generate → score → prepare (join rewards, encode latents/embeddings) → train
+  → eval_base (held-out prompts, base model) → eval_tuned (held-out prompts, fine-tuned) → report
+
+Each stage runs its tool (`tools/generate.py`, `score.py`, `prepare_data.py`, `train.py`) in a
+child process with the run's Python, writing under `WORKDIR/<stage>/`, and leaves
+`WORKDIR/<stage>/DONE.json` when complete. A re-run skips completed stages and resumes an
+interrupted one (the tools themselves resume: generate and score skip finished videos, train
+restarts from its newest checkpoint). With `rounds: N` the generate → score → prepare → train
+stages repeat, each round starting from the previous round's fine-tuned transformer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS = os.path.join(ROOT, "tools")
+STAGES = ("generate", "score", "prepare", "train", "eval_base", "eval_tuned", "report")
+DONE = "DONE.json"
+
+
+class ConfigError(ValueError):
+  """A run config or its inputs cannot work; raised before any heavy work starts."""
+
+
+@dataclasses.dataclass
+class Stage:
+  name: str                       # directory name under the work dir, e.g. "round1/generate"
+  kind: str                       # one of STAGES
+  run: Callable[[], dict]         # does the work, returns a summary for DONE.json
+  needs: Sequence[str] = ()       # files that must exist before it runs (from earlier stages)
+
+
+def _flags(prefix: str, overrides: dict[str, Any] | None) -> list[str]:
+  out = []
+  for key, value in (overrides or {}).items():
+    if isinstance(value, bool):
+      value = str(value)
+    out.append(f"--{prefix}{key}={value}")
+  return out
+
+
+def _tool(name: str, args: list[str], log_path: str) -> None:
+  """Runs tools/<name> in a child process, teeing its output to `log_path`."""
+  cmd = [sys.executable, os.path.join(TOOLS, name)] + args
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  with open(log_path, "a", encoding="utf-8") as log:
+    log.write(f"\n$ {' '.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+      log.write(line)
+      if not line.startswith("\r") and "%|" not in line:
+        sys.stdout.write(f"  {line}")
+    code = proc.wait()
+  if code:
+    raise RuntimeError(f"{name} failed with exit code {code}; see {log_path}")
+
+
+def _read_json(path: str) -> dict:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _mean_reward(scores: str) -> float | None:
+  if not os.path.isfile(scores):
+    return None
+  with open(scores, encoding="utf-8") as f:
+    rewards = [json.loads(line).get("reward") for line in f if line.strip()]
+  rewards = [r for r in rewards if r is not None]
+  return sum(rewards) / len(rewards) if rewards else None
+
+
+class Run:
+  """The stages of one config in one work dir."""
+
+  def __init__(self, config, workdir: str):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.paths: dict[str, str] = {}
+
+  # --------------------------------------------------------------------- config and inputs
+
+  def validate(self) -> None:
+    c = self.config
+    rounds = int(c.get("rounds", 1))
+    if rounds < 1:
+      raise ConfigError(f"rounds must be ≥ 1, got {rounds}")
+    for key in ("prompts", "eval_prompts"):
+      path = c.get(key)
+      if not path:
+        raise ConfigError(f"config.{key} is required (a text file, one prompt per line)")
+      if not os.path.isfile(path):
+        raise ConfigError(f"config.{key}: prompt file {path} does not exist")
+      with open(path, encoding="utf-8") as f:
+        if not any(line.strip() and not line.lstrip().startswith("#") for line in f):
+          raise ConfigError(f"config.{key}: prompt file {path} holds no prompt")
+    for key in ("generate", "score", "train"):
+      sub = c[key].get("config")
+      if sub and not os.path.isfile(os.path.join(ROOT, sub) if not os.path.isabs(sub) else sub):
+        raise ConfigError(f"config.{key}.config: {sub} does not exist")
+    if c.get("real") and not os.path.isfile(c.real):
+      raise ConfigError(f"config.real: {c.real} does not exist")
+    if not c.get("demo_assets"):
+      for key in ("pipeline", "critic"):
+        path = c.models.get(key)
+        if not path or not os.path.exists(path):
+          raise ConfigError(f"config.models.{key}: {path!r} does not exist")
+
+  def resolve_models(self) -> None:
+    """Model paths; for the demo, tiny models are created locally first (in upstream layouts)."""
+    c = self.config
+    if c.get("demo_assets"):
+      from lift_jax import demo_assets
+      assets = demo_assets.make_demo_assets(os.path.join(self.workdir, "assets"),
+                                            seed=c.get("seed", 0),
+                                            config=c.demo_assets.to_dict())
+      self.paths.update(pipeline=assets["pipeline"], critic=assets["critic"])
+    else:
+      self.paths.update(pipeline=c.models.pipeline, critic=c.models.critic)
+    self.paths["transformer"] = os.path.join(self.paths["pipeline"], "transformer")
+
+  # --------------------------------------------------------------------- stage bodies
+
+  def _dir(self, name: str) -> str:
+    return os.path.join(self.workdir, name)
+
+  def _generate(self, name: str, prompts: str, transformer: str, seed: int) -> dict:
+    c, out = self.config, self._dir(name)
+    args = [f"--config={c.generate.config}", f"--prompts={prompts}", f"--out={out}",
+            f"--model={self.paths['pipeline']}", f"--config.model.transformer={transformer}",
+            f"--config.seed={seed}", "--noprogress"]
+    _tool("generate.py", args + _flags("config.", c.generate.get("overrides")),
+          os.path.join(out, "log.txt"))
+    return {"manifest": os.path.join(out, "manifest.jsonl")}
+
+  def _score(self, name: str, manifest: str) -> dict:
+    c, out = self.config, self._dir(name)
+    scores = os.path.join(out, "scores.jsonl")
+    args = [f"--config={c.score.config}", f"--manifest={manifest}", f"--out={scores}",
+            f"--critic={self.paths['critic']}", "--noprogress"]
+    if c.score.get("mode"):
+      args.append(f"--mode={c.score.mode}")
+    if c.models.get("critic_lora"):
+      args.append(f"--lora={c.models.critic_lora}")
+    _tool("score.py", args + _flags("config.", c.score.get("overrides")),
+          os.path.join(out, "log.txt"))
+    return {"scores": scores, "mean_reward": _mean_reward(scores)}
+
+  def _prepare(self, name: str, manifest: str, scores: str) -> dict:
+    c, out = self.config, self._dir(name)
+    dataset = os.path.join(out, "dataset")
+    args = [f"--manifest={manifest}", f"--scores={scores}", f"--out={dataset}", "--overwrite",
+            f"--model={self.paths['pipeline']}", "--no_progress"]
+    if c.get("real"):
+      args += [f"--real={c.real}", f"--real_weight={c.get('real_weight', 1.0)}"]
+    args += _flags("", c.prepare.get("args"))
+    _tool("prepare_data.py", args, os.path.join(out, "log.txt"))
+    return {"dataset": dataset}
+
+  def _train(self, name: str, dataset: str, transformer: str) -> dict:
+    c, out = self.config, self._dir(name)
+    args = [f"--config={c.train.config}", f"--workdir={out}",
+            f"--config.model.transformer={transformer}", f"--config.data.dir={dataset}"]
+    _tool("train.py", args + _flags("config.", c.train.get("overrides")),
+          os.path.join(out, "log.txt"))
+    summary = _read_json(os.path.join(out, "train_summary.json"))
+    if "transformer" not in summary:
+      raise RuntimeError(f"{name}: training stopped at step {summary.get('steps')} of "
+                         f"{summary.get('num_steps')} (preempted?); re-run to resume")
+    return summary
+
+  def _report(self) -> dict:
+    from lift_jax.lift import report
+    last = int(self.config.get("rounds", 1))
+    out = os.path.join(self.workdir, "report.html")
+    report.write_report(
+        out, config=self.config.to_dict(),
+        scores_before=os.path.join(self._dir("eval_base/score"), "scores.jsonl"),
+        scores_after=os.path.join(self._dir("eval_tuned/score"), "scores.jsonl"),
+        manifest_before=os.path.join(self._dir("eval_base/generate"), "manifest.jsonl"),
+        manifest_after=os.path.join(self._dir("eval_tuned/generate"), "manifest.jsonl"),
+        train_history=os.path.join(self._dir(f"round{last}/train"), "train_history.jsonl"))
+    return {"report": out,
+            "mean_reward_base": _mean_reward(os.path.join(self._dir("eval_base/score"),
+                                                          "scores.jsonl")),
+            "mean_reward_tuned": _mean_reward(os.path.join(self._dir("eval_tuned/score"),
+                                                           "scores.jsonl"))}
+
+  # --------------------------------------------------------------------- the plan
+
+  def stages(self) -> list[Stage]:
+    c = self.config
+    plan: list[Stage] = []
+    transformer = self.paths["transformer"]
+    seed = int(c.get("seed", 0))
+    for r in range(1, int(c.get("rounds", 1)) + 1):
+      d = f"round{r}"
+      gen, sco, pre, tra = (f"{d}/{s}" for s in ("generate", "score", "prepare", "train"))
+      manifest = os.path.join(self._dir(gen), "manifest.jsonl")
+      scores = os.path.join(self._dir(sco), "scores.jsonl")
+      dataset = os.path.join(self._dir(pre), "dataset")
+      plan += [
+          Stage(gen, "generate", lambda g=gen, t=transformer, s=seed + 1000 * r:
+                self._generate(g, c.prompts, t, s)),
+          Stage(sco, "score", lambda s=sco, m=manifest: self._score(s, m), needs=[manifest]),
+          Stage(pre, "prepare", lambda p=pre, m=manifest, s=scores: self._prepare(p, m, s),
+                needs=[manifest, scores]),
+          Stage(tra, "train", lambda t=tra, ds=dataset, tr=transformer: self._train(t, ds, tr),
+                needs=[dataset]),
+      ]
+      transformer = os.path.join(self._dir(tra), "transformer")
+    base_manifest = os.path.join(self._dir("eval_base/generate"), "manifest.jsonl")
+    tuned_manifest = os.path.join(self._dir("eval_tuned/generate"), "manifest.jsonl")
+    plan += [
+        Stage("eval_base/generate", "eval_base",
+              lambda: self._generate("eval_base/generate", c.eval_prompts,
+                                     self.paths["transformer"], seed)),
+        Stage("eval_base/score", "eval_base", lambda: self._score("eval_base/score", base_manifest),
+              needs=[base_manifest]),
+        Stage("eval_tuned/generate", "eval_tuned",
+              lambda t=transformer: self._generate("eval_tuned/generate", c.eval_prompts, t, seed),
+              needs=[transformer]),
+        Stage("eval_tuned/score", "eval_tuned",
+              lambda: self._score("eval_tuned/score", tuned_manifest), needs=[tuned_manifest]),
+        Stage("report", "report", self._report),
+    ]
+    return plan
+
+  def run(self, only: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the (selected) stages in order; returns {stage: summary}."""
+    if only:
+      unknown = sorted(set(only) - set(STAGES))
+      if unknown:
+        raise ConfigError(f"unknown stages {unknown}; known: {', '.join(STAGES)}")
+    self.validate()
+    os.makedirs(self.workdir, exist_ok=True)
+    with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(self.config.to_dict(), f, indent=2, default=str)
+    self.resolve_models()
+    plan = [s for s in self.stages() if not only or s.kind in only]
+    selected = {s.name for s in plan}
+    # Inputs made by stages that are not selected must already exist: say so now, not later.
+    for stage in plan:
+      for need in stage.needs:
+        producer = next((s for s in self.stages() if need.startswith(self._dir(s.name))), None)
+        if producer and producer.name not in selected and not os.path.exists(need):
+          raise ConfigError(f"stage {stage.name} needs {need}, made by stage {producer.name}: "
+                            f"run it first (add '{producer.kind}' to --stages)")
+    results = {}
+    for stage in plan:
+      done = os.path.join(self._dir(stage.name), DONE)
+      if os.path.isfile(done):
+        print(f"[lift] {stage.name}: done, skipped", flush=True)
+        results[stage.name] = _read_json(done)
+        continue
+      print(f"[lift] {stage.name} ...", flush=True)
+      start = time.perf_counter()
+      summary = dict(stage.run() or {}, seconds=round(time.perf_counter() - start, 1))
+      os.makedirs(self._dir(stage.name), exist_ok=True)
+      with open(done + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, default=str)
+      os.replace(done + ".tmp", done)
+      print(f"[lift] {stage.name}: {json.dumps(summary, default=str)}", flush=True)
+      results[stage.name] = summary
+    return results
