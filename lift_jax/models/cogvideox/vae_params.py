@@ -1,4 +1,5 @@
-"""diffusers `AutoencoderKLCogVideoX` state-dict keys -> NNX paths, and `load_vae` / `save_vae`.
+"""diffusers `AutoencoderKLCogVideoX` state-dict keys -> NNX paths, and `load_vae` / `save_vae` /
+`export_vae`.
 
 Conv3d weights `[O, I, kt, kh, kw]` become `[kt, kh, kw, I, O]` kernels, Conv2d `[O, I, kh, kw]`
 become `[kh, kw, I, O]`, GroupNorm `weight` becomes `scale`. The NNX tree mirrors diffusers' names,
@@ -8,14 +9,17 @@ without the `.conv` wrappers of causal convs and with `downsamplers.0` / `upsamp
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 
 from flax import nnx
 from jax.sharding import Mesh
 
 from lift_jax.checkpoint import store
-from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
-from lift_jax.checkpoint.tables import Rule, load_from_table
+from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder, write_sharded
+from lift_jax.checkpoint.tables import Rule, export_tensors, load_from_table
 from lift_jax.models.cogvideox.loading import read_json, resolve_diffusers_folder
 from lift_jax.models.cogvideox.vae import AutoencoderKLCogVideoX, CogVideoXVAEConfig
 
@@ -32,12 +36,25 @@ def conv2d(w):
   return w.transpose(2, 3, 1, 0)
 
 
+def conv3d_inv(k):
+  """[kt, kh, kw, I, O] kernel -> torch Conv3d weight [O, I, kt, kh, kw] (export)."""
+  return k.transpose(4, 3, 0, 1, 2)
+
+
+def conv2d_inv(k):
+  """[kh, kw, I, O] kernel -> torch Conv2d weight [O, I, kh, kw] (export)."""
+  return k.transpose(3, 2, 0, 1)
+
+
+_INVERSE = {conv3d: conv3d_inv, conv2d: conv2d_inv}
+
+
 def vae_rules(cfg: CogVideoXVAEConfig) -> list[Rule]:
   """One row per diffusers key (no stacked layers: every block is its own module)."""
   rules: list[Rule] = []
 
   def conv(src: str, dst: str, transform=conv3d):
-    rules.extend([Rule(f"{src}.weight", f"{dst}.kernel", transform),
+    rules.extend([Rule(f"{src}.weight", f"{dst}.kernel", transform, _INVERSE[transform]),
                   Rule(f"{src}.bias", f"{dst}.bias")])
 
   def group_norm(src: str, dst: str):
@@ -118,3 +135,26 @@ def save_vae(model: AutoencoderKLCogVideoX, dst: str, *, overwrite: bool = False
   """Writes a converted checkpoint (kind "cogvideox-vae") that `load_vae` reads back."""
   return store.save_model(dst, KIND, model.config.to_diffusers_config(), model,
                           overwrite=overwrite)
+
+
+def export_vae(model: AutoencoderKLCogVideoX, dst: str, *, max_shard_bytes: int = 5 * 1024**3,
+               overwrite: bool = False) -> str:
+  """Writes a diffusers `vae/` folder (config.json + safetensors) that
+  `AutoencoderKLCogVideoX.from_pretrained` and `load_vae` read; atomic (temporary name, rename)."""
+  dst = os.path.abspath(dst)
+  if os.path.exists(dst) and not overwrite:
+    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
+  try:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(model.config.to_diffusers_config(), f, indent=2)
+    write_sharded(tmp, export_tensors(model, vae_rules(model.config)),
+                  weights_name="diffusion_pytorch_model", max_shard_bytes=max_shard_bytes)
+    if os.path.exists(dst):
+      shutil.rmtree(dst)
+    os.replace(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return dst

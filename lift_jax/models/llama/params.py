@@ -1,5 +1,6 @@
 """transformers `LlamaForCausalLM` keys -> `LlamaForCausalLM`, and `load` / `save`.
 
+`export` writes the transformers layout back (`LlamaForCausalLM.from_pretrained` reads it).
 `load` reads a transformers folder (config.json + safetensors, sharded or not), VILA's `llm/` folder
 (or a VILA root holding it), or a converted checkpoint (kind "llama"). With tied embeddings a stored
 `lm_head.weight` is skipped; old checkpoints' `rotary_emb.inv_freq` buffers are skipped too.
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 from flax import nnx
 from jax.sharding import Mesh
 
 from lift_jax.checkpoint import store
-from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
-from lift_jax.checkpoint.tables import Rule, identity, linear, load_from_table
+from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder, write_sharded
+from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear, load_from_table
 from lift_jax.models.llama.modeling import LlamaConfig, LlamaForCausalLM
 
 KIND = "llama"
@@ -29,6 +32,9 @@ def llama_rules(cfg: LlamaConfig) -> list[Rule]:
   q_heads = lambda w: w.T.reshape(d, n, h)  # [N·H, D] -> [D, N, H]
   kv_heads = lambda w: w.T.reshape(d, k, h)  # [K·H, D] -> [D, K, H]
   from_heads = lambda w: w.T.reshape(n, h, d)  # [D, N·H] -> [N, H, D]
+  heads_inv = lambda x: x.reshape(d, -1).T  # [D, N, H] -> [N·H, D], also for the K heads
+  from_heads_inv = lambda x: x.reshape(n * h, d).T
+  flat = lambda b: b.reshape(-1)
   blk, dst = "model.layers.{i}", "layers.layers"
   rules = [
       Rule("model.embed_tokens.weight", "embed_tokens", identity),
@@ -36,18 +42,22 @@ def llama_rules(cfg: LlamaConfig) -> list[Rule]:
       Rule(f"{blk}.input_layernorm.weight", f"{dst}.input_layernorm.scale", identity),
       Rule(f"{blk}.post_attention_layernorm.weight", f"{dst}.post_attention_layernorm.scale",
            identity),
-      Rule(f"{blk}.self_attn.q_proj.weight", f"{dst}.attn.q.kernel", q_heads),
-      Rule(f"{blk}.self_attn.k_proj.weight", f"{dst}.attn.k.kernel", kv_heads),
-      Rule(f"{blk}.self_attn.v_proj.weight", f"{dst}.attn.v.kernel", kv_heads),
-      Rule(f"{blk}.self_attn.o_proj.weight", f"{dst}.attn.o.kernel", from_heads),
+      Rule(f"{blk}.self_attn.q_proj.weight", f"{dst}.attn.q.kernel", q_heads, heads_inv),
+      Rule(f"{blk}.self_attn.k_proj.weight", f"{dst}.attn.k.kernel", kv_heads, heads_inv),
+      Rule(f"{blk}.self_attn.v_proj.weight", f"{dst}.attn.v.kernel", kv_heads, heads_inv),
+      Rule(f"{blk}.self_attn.o_proj.weight", f"{dst}.attn.o.kernel", from_heads,
+           from_heads_inv),
       Rule(f"{blk}.mlp.gate_proj.weight", f"{dst}.mlp.gate.kernel", linear),
       Rule(f"{blk}.mlp.up_proj.weight", f"{dst}.mlp.up.kernel", linear),
       Rule(f"{blk}.mlp.down_proj.weight", f"{dst}.mlp.down.kernel", linear),
   ]
   if cfg.attention_bias:
-    rules += [Rule(f"{blk}.self_attn.q_proj.bias", f"{dst}.attn.q.bias", lambda b: b.reshape(n, h)),
-              Rule(f"{blk}.self_attn.k_proj.bias", f"{dst}.attn.k.bias", lambda b: b.reshape(k, h)),
-              Rule(f"{blk}.self_attn.v_proj.bias", f"{dst}.attn.v.bias", lambda b: b.reshape(k, h)),
+    rules += [Rule(f"{blk}.self_attn.q_proj.bias", f"{dst}.attn.q.bias", lambda b: b.reshape(n, h),
+                   flat),
+              Rule(f"{blk}.self_attn.k_proj.bias", f"{dst}.attn.k.bias", lambda b: b.reshape(k, h),
+                   flat),
+              Rule(f"{blk}.self_attn.v_proj.bias", f"{dst}.attn.v.bias", lambda b: b.reshape(k, h),
+                   flat),
               Rule(f"{blk}.self_attn.o_proj.bias", f"{dst}.attn.o.bias", identity)]
   if cfg.mlp_bias:
     rules += [Rule(f"{blk}.mlp.{p}_proj.bias", f"{dst}.mlp.{p}.bias", identity)
@@ -119,3 +129,26 @@ def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
 def save(model: LlamaForCausalLM, dst: str, *, overwrite: bool = False) -> str:
   """Writes a converted checkpoint that `load` reads back."""
   return store.save_model(dst, KIND, model.config.to_hf_config(), model, overwrite=overwrite)
+
+
+def export(model: LlamaForCausalLM, dst: str, *, max_shard_bytes: int = 5 * 1024**3,
+           overwrite: bool = False) -> str:
+  """Writes a transformers `LlamaForCausalLM` folder (config.json + model safetensors, sharded with
+  an index past `max_shard_bytes`), the layout of VILA's `llm/`. Atomic (temporary name, rename)."""
+  dst = os.path.abspath(dst)
+  if os.path.exists(dst) and not overwrite:
+    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
+  try:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(model.config.to_hf_config(), f, indent=2)
+    write_sharded(tmp, export_tensors(model, llama_rules(model.config)), weights_name="model",
+                  max_shard_bytes=max_shard_bytes)
+    if os.path.exists(dst):
+      shutil.rmtree(dst)
+    os.replace(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return dst

@@ -1,5 +1,6 @@
 """transformers `SiglipVisionModel` keys -> `SiglipVisionModel`, and `load` / `save`.
 
+`export` writes the transformers layout back (`SiglipVisionModel.from_pretrained` reads it).
 `load` reads a transformers folder (config.json + safetensors, sharded or not), VILA's
 `vision_tower/` folder, or a converted checkpoint (kind "siglip-vision"). Keys are accepted with the
 `vision_model.` prefix (transformers 4.x, VILA) and without it (transformers 5); a full `SiglipModel`
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 from flax import nnx
 from jax.sharding import Mesh
 
 from lift_jax.checkpoint import store
-from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
-from lift_jax.checkpoint.tables import Rule, identity, linear, load_from_table
+from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder, write_sharded
+from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear, load_from_table
 from lift_jax.models.siglip.modeling import SiglipVisionConfig, SiglipVisionModel
 
 KIND = "siglip-vision"
@@ -29,12 +32,16 @@ def vision_rules(cfg: SiglipVisionConfig) -> list[Rule]:
   """One row per (prefix-free) transformers key; `{i}` rows fill the stacked layers."""
   d, n, h = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
   to_heads = lambda w: w.T.reshape(d, n, h)  # [N·H, D] -> [D, N, H]
+  to_heads_inv = lambda k: k.reshape(d, n * h).T
   from_heads = lambda w: w.T.reshape(n, h, d)  # [D, N·H] -> [N, H, D]
+  from_heads_inv = lambda k: k.reshape(n * h, d).T
   head_bias = lambda b: b.reshape(n, h)
+  flat = lambda b: b.reshape(-1)
   blk, dst = "encoder.layers.{i}", "blocks.layers"
   rules = [
       Rule("embeddings.patch_embedding.weight", "patch_embedding.kernel",
-           lambda w: w.transpose(1, 2, 3, 0)),  # Conv2d [D, C, p, p] -> [C, p, p, D]
+           lambda w: w.transpose(1, 2, 3, 0),  # Conv2d [D, C, p, p] -> [C, p, p, D]
+           lambda k: k.transpose(3, 0, 1, 2)),
       Rule("embeddings.patch_embedding.bias", "patch_embedding.bias"),
       Rule("embeddings.position_embedding.weight", "position_embedding"),
       Rule("post_layernorm.weight", "post_layernorm.scale"),
@@ -44,9 +51,11 @@ def vision_rules(cfg: SiglipVisionConfig) -> list[Rule]:
     rules += [Rule(f"{blk}.{norm}.weight", f"{dst}.{norm}.scale"),
               Rule(f"{blk}.{norm}.bias", f"{dst}.{norm}.bias")]
   for src, ours in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v")):
-    rules += [Rule(f"{blk}.self_attn.{src}.weight", f"{dst}.attn.{ours}.kernel", to_heads),
-              Rule(f"{blk}.self_attn.{src}.bias", f"{dst}.attn.{ours}.bias", head_bias)]
-  rules += [Rule(f"{blk}.self_attn.out_proj.weight", f"{dst}.attn.o.kernel", from_heads),
+    rules += [Rule(f"{blk}.self_attn.{src}.weight", f"{dst}.attn.{ours}.kernel", to_heads,
+                   to_heads_inv),
+              Rule(f"{blk}.self_attn.{src}.bias", f"{dst}.attn.{ours}.bias", head_bias, flat)]
+  rules += [Rule(f"{blk}.self_attn.out_proj.weight", f"{dst}.attn.o.kernel", from_heads,
+                 from_heads_inv),
             Rule(f"{blk}.self_attn.out_proj.bias", f"{dst}.attn.o.bias", identity)]
   for src, ours in (("fc1", "up"), ("fc2", "down")):
     rules += [Rule(f"{blk}.mlp.{src}.weight", f"{dst}.mlp.{ours}.kernel", linear),
@@ -147,3 +156,28 @@ def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
 def save(model: SiglipVisionModel, dst: str, *, overwrite: bool = False) -> str:
   """Writes a converted checkpoint that `load` reads back."""
   return store.save_model(dst, KIND, model.config.to_hf_config(), model, overwrite=overwrite)
+
+
+def export(model: SiglipVisionModel, dst: str, *, prefix: str = PREFIX,
+           max_shard_bytes: int = 5 * 1024**3, overwrite: bool = False) -> str:
+  """Writes a transformers `SiglipVisionModel` folder (config.json + model safetensors), keys with
+  the `vision_model.` prefix that VILA's `vision_tower/` (transformers 4.x) holds; transformers 5
+  strips it on load. `prefix=""` writes the flat 5.x spelling. Atomic (temporary name, rename)."""
+  dst = os.path.abspath(dst)
+  if os.path.exists(dst) and not overwrite:
+    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
+  try:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(model.config.to_hf_config(), f, indent=2)
+    tensors = ((prefix + key, value)
+               for key, value in export_tensors(model, vision_rules(model.config)))
+    write_sharded(tmp, tensors, weights_name="model", max_shard_bytes=max_shard_bytes)
+    if os.path.exists(dst):
+      shutil.rmtree(dst)
+    os.replace(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return dst

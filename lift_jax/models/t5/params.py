@@ -1,5 +1,6 @@
 """transformers `T5EncoderModel` keys -> `T5Encoder`, and `load_encoder` / `save_encoder`.
 
+`export_encoder` writes the transformers layout back (`T5EncoderModel.from_pretrained` reads it).
 `load_encoder` reads a transformers folder (config.json + model.safetensors, or shards listed in
 model.safetensors.index.json), a pipeline root holding `text_encoder/`, or a converted checkpoint
 (kind "t5-encoder"). A full `T5ForConditionalGeneration` folder works too: its decoder and LM head
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 from flax import nnx
 from jax.sharding import Mesh
 
 from lift_jax.checkpoint import store
-from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
-from lift_jax.checkpoint.tables import Rule, identity, linear, load_from_table
+from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder, write_sharded
+from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear, load_from_table
 from lift_jax.models.t5.modeling import T5Config, T5Encoder
 
 KIND = "t5-encoder"
@@ -31,17 +34,23 @@ def encoder_rules(cfg: T5Config) -> list[Rule]:
   """One row per transformers key; `{i}` rows fill the stacked block parameters layer by layer."""
   d, n, h = cfg.d_model, cfg.num_heads, cfg.d_kv
   to_heads = lambda w: w.T.reshape(d, n, h)  # [N·H, D] -> [D, N, H]
+  to_heads_inv = lambda k: k.reshape(d, n * h).T
   from_heads = lambda w: w.T.reshape(n, h, d)  # [D, N·H] -> [N, H, D]
+  from_heads_inv = lambda k: k.reshape(n * h, d).T
   blk, dst = "encoder.block.{i}.layer", "blocks.layers"
   rules = [
       Rule(SHARED, "shared", identity),
       Rule("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
            "relative_attention_bias", identity),
       Rule("encoder.final_layer_norm.weight", "final_norm.scale", identity),
-      Rule(f"{blk}.0.SelfAttention.q.weight", f"{dst}.attn.q.kernel", to_heads),
-      Rule(f"{blk}.0.SelfAttention.k.weight", f"{dst}.attn.k.kernel", to_heads),
-      Rule(f"{blk}.0.SelfAttention.v.weight", f"{dst}.attn.v.kernel", to_heads),
-      Rule(f"{blk}.0.SelfAttention.o.weight", f"{dst}.attn.o.kernel", from_heads),
+      Rule(f"{blk}.0.SelfAttention.q.weight", f"{dst}.attn.q.kernel", to_heads,
+           to_heads_inv),
+      Rule(f"{blk}.0.SelfAttention.k.weight", f"{dst}.attn.k.kernel", to_heads,
+           to_heads_inv),
+      Rule(f"{blk}.0.SelfAttention.v.weight", f"{dst}.attn.v.kernel", to_heads,
+           to_heads_inv),
+      Rule(f"{blk}.0.SelfAttention.o.weight", f"{dst}.attn.o.kernel", from_heads,
+           from_heads_inv),
       Rule(f"{blk}.0.layer_norm.weight", f"{dst}.attn_norm.scale", identity),
       Rule(f"{blk}.1.layer_norm.weight", f"{dst}.ffn_norm.scale", identity),
       Rule(f"{blk}.1.DenseReluDense.wo.weight", f"{dst}.ffn.down.kernel", linear),
@@ -144,5 +153,29 @@ def load_encoder(path: str, *, dtype: str = "float32", param_dtype: str | None =
 
 
 def save_encoder(model: T5Encoder, dst: str, *, overwrite: bool = False) -> str:
-  """Writes a converted checkpoint that `load_encoder` reads back."""
+  """Writes a converted checkpoint that `export_encoder` writes the transformers layout back (`T5EncoderModel.from_pretrained` reads it).
+`load_encoder` reads back."""
   return store.save_model(dst, KIND, model.config.to_hf_config(), model, overwrite=overwrite)
+
+
+def export_encoder(model: T5Encoder, dst: str, *, max_shard_bytes: int = 5 * 1024**3,
+                   overwrite: bool = False) -> str:
+  """Writes a transformers `T5EncoderModel` folder (config.json + model safetensors), as a pipeline's
+  `text_encoder/` holds it; the tied embedding is stored once, as `shared.weight`. Atomic."""
+  dst = os.path.abspath(dst)
+  if os.path.exists(dst) and not overwrite:
+    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
+  try:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(model.config.to_hf_config(), f, indent=2)
+    write_sharded(tmp, export_tensors(model, encoder_rules(model.config)), weights_name="model",
+                  max_shard_bytes=max_shard_bytes)
+    if os.path.exists(dst):
+      shutil.rmtree(dst)
+    os.replace(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return dst
