@@ -4,15 +4,16 @@
 
 ```
 root/
-  CogVideoX-5b-tiny/     a diffusers CogVideoXPipeline folder: model_index.json, transformer/ (3D RoPE,
-                         5B-style), vae/ (4 blocks: the real 4x temporal / 8x spatial compression),
-                         text_encoder/ (T5 v1.1-style), tokenizer/ (a sentencepiece unigram model
-                         trained here, saved as transformers' T5Tokenizer), scheduler/ (5B's settings)
-  VILA1.5-13b-tiny/      a VILA-1.5-13B-style critic: config.json, llm/ (Llama + a sentencepiece BPE
-                         tokenizer with byte fallback, like Vicuna's), vision_tower/ (SigLIP),
-                         mm_projector/ (mlp_downsample); the vicuna_v1 template follows from the name
-  prompts.txt            the demo prompts, one a line
-  demo_assets.json       the resolved config and the paths (written last: its presence means done)
+  CogVideoX-5b-tiny/   a diffusers CogVideoXPipeline folder: model_index.json, transformer/
+                       (3D RoPE, 5B-style), vae/ (4 blocks: the real 4x temporal / 8x spatial
+                       compression), text_encoder/ (T5 v1.1-style), tokenizer/ (a sentencepiece
+                       unigram model trained here, saved as transformers' T5Tokenizer),
+                       scheduler/ (5B's settings)
+  VILA1.5-13b-tiny/    a VILA-1.5-13B-style critic: config.json, llm/ (Llama + a sentencepiece BPE
+                       tokenizer with byte fallback, like Vicuna's), vision_tower/ (SigLIP),
+                       mm_projector/ (mlp_downsample); the vicuna_v1 template follows from the name
+  prompts.txt          the demo prompts, one a line
+  demo_assets.json     the resolved config and the paths (written last: its presence means done)
 ```
 
 Each model is initialised in our NNX port and written by its `export_*` function, so the demo then
@@ -285,7 +286,8 @@ def write_critic(dst: str, cfg: dict[str, Any], seed: int, workdir: str) -> None
   c = cfg["critic"]
   llm = dict(c["llm"])
   tok_dir = os.path.join(workdir, "critic_tokenizer")
-  n = write_llama_tokenizer(tok_dir, _corpus(cfg["prompts"]), vocab_size=c["tokenizer"]["vocab_size"],
+  n = write_llama_tokenizer(tok_dir, _corpus(cfg["prompts"]),
+                            vocab_size=c["tokenizer"]["vocab_size"],
                             max_length=llm["max_position_embeddings"])
   llm.setdefault("vocab_size", n)
   if llm["vocab_size"] < n:

@@ -1,5 +1,5 @@
 """Export to the upstream PyTorch layouts: random NNX model -> export -> our loader gives identical
-parameters, and the upstream class (diffusers / transformers `from_pretrained`) gives our outputs."""
+parameters, and the upstream class (diffusers / transformers `from_pretrained`) our outputs."""
 
 import json
 import os

@@ -1,7 +1,7 @@
 """`export_vila`: a `VilaCritic` -> a VILA-1.5 folder, the layout the released critics ship in.
 
 ```
-config.json       LlavaLlamaConfig: llm_cfg / vision_tower_cfg / mm_projector_cfg + the mm_* settings
+config.json       LlavaLlamaConfig: llm_cfg, vision_tower_cfg, mm_projector_cfg, the mm_* settings
 llm/              LlamaForCausalLM (config.json, model*.safetensors) + the tokenizer files
 vision_tower/     SiglipVisionModel (keys `vision_model.*`, as transformers 4.x wrote them)
                   + preprocessor_config.json

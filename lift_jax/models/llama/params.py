@@ -1,6 +1,6 @@
-"""transformers `LlamaForCausalLM` keys -> `LlamaForCausalLM`, and `load` / `save`.
+"""transformers `LlamaForCausalLM` keys -> `LlamaForCausalLM`, and `load` / `save` / `export`
+(back to the transformers layout).
 
-`export` writes the transformers layout back (`LlamaForCausalLM.from_pretrained` reads it).
 `load` reads a transformers folder (config.json + safetensors, sharded or not), VILA's `llm/` folder
 (or a VILA root holding it), or a converted checkpoint (kind "llama"). With tied embeddings a stored
 `lm_head.weight` is skipped; old checkpoints' `rotary_emb.inv_freq` buffers are skipped too.

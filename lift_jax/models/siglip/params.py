@@ -1,6 +1,6 @@
-"""transformers `SiglipVisionModel` keys -> `SiglipVisionModel`, and `load` / `save`.
+"""transformers `SiglipVisionModel` keys -> `SiglipVisionModel`, and `load` / `save` / `export`
+(back to the transformers layout).
 
-`export` writes the transformers layout back (`SiglipVisionModel.from_pretrained` reads it).
 `load` reads a transformers folder (config.json + safetensors, sharded or not), VILA's
 `vision_tower/` folder, or a converted checkpoint (kind "siglip-vision"). Keys are accepted with the
 `vision_model.` prefix (transformers 4.x, VILA) and without it (transformers 5); a full `SiglipModel`

@@ -1,10 +1,11 @@
-"""transformers `T5EncoderModel` keys -> `T5Encoder`, and `load_encoder` / `save_encoder`.
+"""transformers `T5EncoderModel` keys -> `T5Encoder`, and `load_encoder` / `save_encoder` /
+`export_encoder`.
 
-`export_encoder` writes the transformers layout back (`T5EncoderModel.from_pretrained` reads it).
 `load_encoder` reads a transformers folder (config.json + model.safetensors, or shards listed in
 model.safetensors.index.json), a pipeline root holding `text_encoder/`, or a converted checkpoint
 (kind "t5-encoder"). A full `T5ForConditionalGeneration` folder works too: its decoder and LM head
-are skipped, as `T5EncoderModel.from_pretrained` skips them.
+are skipped, as `T5EncoderModel.from_pretrained` skips them. `export_encoder` writes the
+transformers layout back (`T5EncoderModel.from_pretrained` reads it).
 """
 
 from __future__ import annotations
@@ -153,8 +154,7 @@ def load_encoder(path: str, *, dtype: str = "float32", param_dtype: str | None =
 
 
 def save_encoder(model: T5Encoder, dst: str, *, overwrite: bool = False) -> str:
-  """Writes a converted checkpoint that `export_encoder` writes the transformers layout back (`T5EncoderModel.from_pretrained` reads it).
-`load_encoder` reads back."""
+  """Writes a converted checkpoint that `load_encoder` reads back."""
   return store.save_model(dst, KIND, model.config.to_hf_config(), model, overwrite=overwrite)
 
 
