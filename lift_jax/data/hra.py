@@ -24,7 +24,8 @@ seeded). One example:
   critic processor's size with PIL bicubic: decoded once; only rescale/normalise remain),
   frame_indices int32 [8], num_video_frames int32.
 
-Each video is decoded once, whatever the number of its entries. A malformed entry or an unreadable
+`texts.json` beside the shards holds every example's texts (sizing token buffers without reading
+frames). Each video is decoded once, whatever the number of its entries. A malformed entry or an unreadable
 video is skipped, logged and listed in `hra_report.json` beside the dataset (and in the returned
 `HraReport`); nothing malformed is fatal unless no example at all is left.
 
@@ -58,6 +59,9 @@ NAME = "lift_hra"
 SPLITS = ("train", "test")
 LABELS = ("Good", "Normal", "Bad")
 REPORT_FILE = "hra_report.json"
+# Per split, [video_id, dimension, user_text, answer] of every written example: lets a trainer size
+# its token buffers without reading (and decoding) the frames.
+TEXTS_FILE = "texts.json"
 NUM_FRAMES = 8
 # The names the HF releases and LiFT's datasets_mixture.py use, tried in this order.
 HRA_JSON_NAMES = ("LiFT-HRA-data.json", "LiFT-HRA-data-10k.json", "LiFT-HRA-data-20k.json")
@@ -393,7 +397,7 @@ class HraReport:
 
 def _examples(entries: Sequence[HraEntry], roots: dict[str, str], *, num_frames: int, height: int,
               width: int, resample: int, workers: int, report: HraReport, split: str,
-              progress=None) -> Iterator[tuple[str, dict]]:
+              texts: list | None = None, progress=None) -> Iterator[tuple[str, dict]]:
   """(key, example) per readable entry; each video decoded once (a few at a time in threads)."""
   dims = dimension_keys()
   groups: dict[tuple[str, str], list[HraEntry]] = collections.OrderedDict()
@@ -437,6 +441,8 @@ def _examples(entries: Sequence[HraEntry], roots: dict[str, str], *, num_frames:
       for e in group:
         report.written[split] += 1
         report.by_source[e.source] += 1
+        if texts is not None:
+          texts.append([e.video, e.dimension, e.user_text, e.answer])
         yield e.key, {
             "video_id": e.video, "source": e.source, "caption": e.caption,
             "dimension": e.dimension, "dimension_id": np.int32(dims.index(e.dimension)),
@@ -480,8 +486,10 @@ def build_hra(out_dir: str, *, manual_dir: str | None = None,
   roots = {s.name: s.video_root for s in sources}
   bar = tqdm(total=sum(len(v) for v in splits.values()), desc="decoding HRA videos",
              unit="entry", disable=not progress)
+  texts: dict[str, list] = {s: [] for s in SPLITS}
   streams = {s: _examples(splits[s], roots, num_frames=num_frames, height=height, width=width,
-                          resample=resample, workers=workers, report=report, split=s, progress=bar)
+                          resample=resample, workers=workers, report=report, split=s,
+                          texts=texts[s], progress=bar)
              for s in SPLITS}
   # TFDS has no empty splits: peek at each split's first example and leave out the empty ones.
   firsts = {s: next(streams[s], None) for s in SPLITS}
@@ -514,6 +522,8 @@ def build_hra(out_dir: str, *, manual_dir: str | None = None,
     built = os.fspath(builder.data_dir)
     with open(os.path.join(built, REPORT_FILE), "w", encoding="utf-8") as f:
       json.dump({**report.to_json(), "metadata": meta}, f, indent=2)
+    with open(os.path.join(built, TEXTS_FILE), "w", encoding="utf-8") as f:
+      json.dump({s: t for s, t in texts.items() if s in firsts}, f, ensure_ascii=False)
     staged = tmp_root + ".done"
     os.rename(built, staged)
     if os.path.exists(out_dir):
@@ -548,6 +558,15 @@ def hra_metadata(path: str) -> dict[str, Any]:
   file = os.path.join(path, "metadata.json")
   if not os.path.isfile(file):
     return {}
+  with open(file, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def hra_texts(path: str) -> dict[str, list[list[str]]]:
+  """texts.json: per split, [video_id, dimension, user_text, answer] of every example."""
+  file = os.path.join(path, TEXTS_FILE)
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f"{file}: missing (rebuild the dataset with lift_jax.data.hra)")
   with open(file, encoding="utf-8") as f:
     return json.load(f)
 

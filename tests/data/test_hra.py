@@ -143,6 +143,11 @@ def test_split_sizes_sources_and_report(built):
       "videos/corrupt.mp4", "videos/missing.mp4"}
   with open(built["root"] / "hra_ds" / hra.REPORT_FILE) as f:
     assert json.load(f)["num_skipped"] == len(report.skipped)
+  texts = hra.hra_texts(str(built["root"] / "hra_ds"))
+  assert {s: len(t) for s, t in texts.items()} == report.written
+  assert sorted(map(tuple, texts["test"])) == sorted(
+      (hra.text(ex["video_id"]), hra.text(ex["dimension"]), hra.text(ex["user_text"]),
+       hra.text(ex["answer"])) for ex in (ds["test"][i] for i in range(len(ds["test"]))))
   # Split by video: a test video has all its three ratings in test, none in train.
   test_videos = {hra.text(ds["test"][i]["video_id"]) for i in range(len(ds["test"]))}
   train_videos = {hra.text(ds["train"][i]["video_id"]) for i in range(len(ds["train"]))}
