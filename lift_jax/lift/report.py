@@ -35,6 +35,9 @@ def _png(fig) -> str:
 
 
 def _plt():
+  import logging
+
+  logging.getLogger("matplotlib").setLevel(logging.WARNING)
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

@@ -39,12 +39,13 @@ class Stage:
   needs: Sequence[str] = ()       # files that must exist before it runs (from earlier stages)
 
 
-def _flags(prefix: str, overrides: dict[str, Any] | None) -> list[str]:
+def _flags(prefix: str, overrides: Sequence[str] | None) -> list[str]:
+  """["model.dtype=float32", ...] -> ["--config.model.dtype=float32", ...]."""
   out = []
-  for key, value in (overrides or {}).items():
-    if isinstance(value, bool):
-      value = str(value)
-    out.append(f"--{prefix}{key}={value}")
+  for item in overrides or ():
+    if "=" not in item:
+      raise ConfigError(f"override {item!r} must look like field=value")
+    out.append(f"--{prefix}{item}")
   return out
 
 
@@ -88,6 +89,8 @@ class Run:
     self.config = config
     self.workdir = os.path.abspath(workdir)
     self.paths: dict[str, str] = {}
+    # The demo creates its own tiny models (an empty `demo_assets` block means the defaults).
+    self.demo = config.get("demo_assets") is not None
 
   # --------------------------------------------------------------------- config and inputs
 
@@ -111,7 +114,7 @@ class Run:
         raise ConfigError(f"config.{key}.config: {sub} does not exist")
     if c.get("real") and not os.path.isfile(c.real):
       raise ConfigError(f"config.real: {c.real} does not exist")
-    if not c.get("demo_assets"):
+    if not self.demo:
       for key in ("pipeline", "critic"):
         path = c.models.get(key)
         if not path or not os.path.exists(path):
@@ -120,11 +123,11 @@ class Run:
   def resolve_models(self) -> None:
     """Model paths; for the demo, tiny models are created locally first (in upstream layouts)."""
     c = self.config
-    if c.get("demo_assets"):
+    if self.demo:
       from lift_jax import demo_assets
-      assets = demo_assets.make_demo_assets(os.path.join(self.workdir, "assets"),
-                                            seed=c.get("seed", 0),
-                                            config=c.demo_assets.to_dict())
+      assets = demo_assets.make_demo_assets(
+          os.path.join(self.workdir, "assets"), seed=c.get("seed", 0),
+          config={**c.demo_assets.to_dict(), "prompts": [c.prompts, c.eval_prompts]})
       self.paths.update(pipeline=assets["pipeline"], critic=assets["critic"])
     else:
       self.paths.update(pipeline=c.models.pipeline, critic=c.models.critic)
