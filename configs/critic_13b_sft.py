@@ -50,7 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.max_bad_steps = 20
   c.export = ml_collections.ConfigDict(dict(
-      adapter=True, layout="vila",  # "vila": base_model.model.llm.* keys (LiFT's); "llm": bare Llama
+      adapter=True,
+      layout="vila",  # "vila": base_model.model.llm.* keys (LiFT's); "llm": a bare Llama
       merged=False))  # also write workdir/critic, a converted critic with the LoRA merged
   c.eval = ml_collections.ConfigDict(dict(
       at_end=True, mode="logits",  # logits | generate | both

@@ -26,10 +26,14 @@ sys.path.insert(0, ROOT)
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/critic_13b_sft.py", "SFT config")
-_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events, adapter, summary",
-                               required=True)
-_PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
+
+def define_flags() -> None:
+  """Defined when run as a script only, so tests can import several tools into one process."""
+  global _CONFIG, _WORKDIR, _PROGRESS
+  _CONFIG = config_flags.DEFINE_config_file("config", "configs/critic_13b_sft.py", "SFT config")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events, adapter, "
+                                 "summary", required=True)
+  _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
 
 
 def default_config(path: str = "configs/critic_13b_sft.py"):
@@ -70,4 +74,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,4 +1,4 @@
-"""LiFT-HRA (the critic's human ratings with reasons) as a TFDS ArrayRecord dataset, without TensorFlow.
+"""LiFT-HRA (the critic's human ratings with reasons) as a TFDS ArrayRecord dataset, no TensorFlow.
 
 Input: the released layout, a JSON list of LLaVA-style entries (`llava/data/datasets_mixture.py`),
 with the videos unpacked beside it (TFDS's "manual directory"):
@@ -25,9 +25,9 @@ seeded). One example:
   frame_indices int32 [8], num_video_frames int32.
 
 `texts.json` beside the shards holds every example's texts (sizing token buffers without reading
-frames). Each video is decoded once, whatever the number of its entries. A malformed entry or an unreadable
-video is skipped, logged and listed in `hra_report.json` beside the dataset (and in the returned
-`HraReport`); nothing malformed is fatal unless no example at all is left.
+frames). Each video is decoded once, whatever the number of its entries. A malformed entry or an
+unreadable video is skipped, logged and listed in `hra_report.json` beside the dataset (and in the
+returned `HraReport`); nothing malformed is fatal unless no example at all is left.
 
   python -m lift_jax.data.hra --manual_dir data/LiFT --out work/hra [--test_size 1000]
 """
@@ -126,7 +126,7 @@ class HraEntry:
 
 
 def parse_answer(answer: str) -> tuple[str, str]:
-  """`"Good. No obvious problem."` -> ("Good", "No obvious problem."); EntryError without a label."""
+  """`"Good. No obvious problem."` -> ("Good", "No obvious problem."); EntryError if no label."""
   m = _LABEL.match(answer)
   if m is None:
     raise EntryError(f"answer does not start with Good/Normal/Bad: {answer[:80]!r}")

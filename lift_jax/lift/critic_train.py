@@ -25,7 +25,6 @@ Evaluation (`evaluate`): label accuracy per dimension and their mean (the paper'
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -64,7 +63,7 @@ def training_message(user_text: str, num_frames: int = prompts.NUM_FRAMES) -> st
 
 @dataclasses.dataclass(frozen=True)
 class SftTokens:
-  """One tokenized sample: ids with `IMAGE_TOKEN_INDEX` at each frame, labels -100 but the answer."""
+  """One tokenized sample: ids with `IMAGE_TOKEN_INDEX` per frame; labels -100 but the answer."""
 
   ids: tuple[int, ...]
   labels: tuple[int, ...]
@@ -563,6 +562,16 @@ def prepare_data(config, image_size: tuple[int, int]) -> str:
   return dc.dir
 
 
+def make_mesh(axes: dict) -> Mesh:
+  """The config's mesh; sizes without a -1 take the first devices (a one-device run on a host)."""
+  from lift_jax import parallel
+
+  devices = jax.devices()
+  if axes and all(int(v) != -1 for v in axes.values()):
+    devices = devices[:math.prod(int(v) for v in axes.values())]
+  return parallel.make_mesh(axes, devices)
+
+
 def load_for_training(config, mesh: Mesh | None):
   """(critic model with LoRA, tokenizer) from `config.critic` and `config.lora`."""
   from lift_jax.models.critic import vila
@@ -591,7 +600,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict[str, Any]:
   runtime.setup(config.get("compilation_cache"))
   parallel.initialize_distributed()
   os.makedirs(workdir, exist_ok=True)
-  mesh = parallel.make_mesh(config.mesh.to_dict())
+  mesh = make_mesh(config.mesh.to_dict())
   cfg_v = vila.vila_config(config.critic.path, template=config.critic.get("template"))
   data_dir = prepare_data(config, _critic_image_size(cfg_v))
   model, tokenizer = load_for_training(config, mesh)

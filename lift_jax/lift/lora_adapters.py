@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -109,7 +109,7 @@ def dropout_key(key: jax.Array | None) -> Iterator[None]:
 
 
 class LoraDense(nnx.Module):
-  """A frozen `layers.Dense` plus (α/r)·dropout(x)·A·B (built around a stacked or a single Dense)."""
+  """A frozen `layers.Dense` plus (α/r)·dropout(x)·A·B (around a stacked or a single Dense)."""
 
   def __init__(self, base: layers.Dense, *, r: int, scale: float, dropout: float, salt: int,
                key: jax.Array, num_layers: int | None = None):
@@ -299,7 +299,3 @@ def set_lora_params(model, params: Any) -> Any:
   nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
   return model
-
-
-def target_names(targets: Sequence[str] | None = None) -> tuple[str, ...]:
-  return tuple(targets or TARGETS)

@@ -1,5 +1,5 @@
-"""LiFT-HRA as TFDS: a tiny release in the published layout (HRA + VIDGEN JSON, mp4s, a corrupt and a
-missing video, malformed entries) -> ArrayRecord splits with the right fields and frames."""
+"""LiFT-HRA as TFDS: a tiny release in the published layout (HRA + VIDGEN JSON, mp4s, a corrupt and
+a missing video, malformed entries) -> ArrayRecord splits with the right fields and frames."""
 
 import json
 import os
@@ -105,7 +105,8 @@ def built(tmp_path_factory):
                            image_size=28, progress=False)
   finally:
     hra.load_frames = saved
-  return dict(root=root, info=info, report=report, calls=calls, ds=hra.open_hra(str(root / "hra_ds")))
+  return dict(root=root, info=info, report=report, calls=calls,
+              ds=hra.open_hra(str(root / "hra_ds")))
 
 
 def test_parse_entry_recognises_dimension_caption_label_reason():
@@ -118,7 +119,8 @@ def test_parse_entry_recognises_dimension_caption_label_reason():
   assert e.answer == "Bad. The panda's paw has six fingers." and e.key == "hra-00000007"
   # A reworded question still names its dimension.
   loose = {"video": "v.mp4", "conversations": [
-      {"from": "human", "value": "<video>\nA dog. Please identify the motion issues in this video."},
+      {"from": "human",
+       "value": "<video>\nA dog. Please identify the motion issues in this video."},
       {"from": "gpt", "value": "normal: slight jitter"}]}
   e = hra.parse_entry(loose)
   assert (e.dimension, e.caption, e.label, e.reason) == ("motion issues", "A dog.", "Normal",

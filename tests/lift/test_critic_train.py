@@ -1,6 +1,6 @@
-"""Critic SFT: the loss mask and the vicuna_v1 string, LoRA training on a tiny random VILA and a tiny
-synthetic HRA set (the released layout), PEFT export parity, merge, sharded step == single device,
-gradient accumulation. tools/train_critic.py (with resume) is tested in tests/tools."""
+"""Critic SFT: the loss mask and the vicuna_v1 string, LoRA training on a tiny random VILA and a
+tiny synthetic HRA set (the released layout), PEFT export parity, merge, sharded and accumulated
+step == single device. tools/train_critic.py (with resume) is tested in tests/tools."""
 
 import copy
 import json
@@ -161,8 +161,8 @@ def test_answer_logits_are_the_full_forward_at_the_answer(setup):
   got = np.asarray(nnx.jit(ct.answer_logits)(model, {k: jnp.asarray(v) for k, v in b.items()}))
   px = np.stack([model.config.image(f) for f in b["frames"]])
   slots = np.where(b["image_slots"] >= 0, b["image_slots"] + np.arange(2)[:, None] * 8, -1)
-  full = np.asarray(nnx.jit(lambda m, *a: m(*a))(model, jnp.asarray(px), jnp.asarray(b["token_ids"]),
-                                                 jnp.asarray(slots), jnp.asarray(b["attention_mask"])))
+  args = [jnp.asarray(x) for x in (px, b["token_ids"], slots, b["attention_mask"])]
+  full = np.asarray(nnx.jit(lambda m, *a: m(*a))(model, *args))
   want = np.take_along_axis(full, b["target_pos"][..., None], axis=1)
   assert rel_err(got, want) <= 1e-5
 
@@ -178,7 +178,8 @@ def trained(setup):
   tr = ct.CriticTrainer(model, mesh=parallel.make_mesh({"data": 1}, jax.devices()[:1]),
                         optim=ct.SftOptimConfig(lr=3e-3, warmup_ratio=0.03, total_steps=150))
   state = tr.init_state()
-  everything = ct.collate(setup["train"][:8]), ct.collate(setup["train"][8:] + setup["train"][:16 - n])
+  rows = setup["train"]
+  everything = ct.collate(rows[:8]), ct.collate(rows[8:] + rows[:16 - n])
   before = [tr.loss(state, b) for b in everything]
   rng = np.random.default_rng(0)
   losses = []
