@@ -43,6 +43,6 @@ def get_config() -> ml_collections.ConfigDict:
       "num_frames=9", "height=32", "width=48", "dtype=float32", "embed_dtype=float32"]))
   c.train = ml_collections.ConfigDict(dict(
       config="configs/lift_5b.py",
-      overrides=["model.dtype=float32", "model.remat=none", "data.batch_size=4", "num_steps=8",
+      overrides=["model.dtype=float32", "model.remat=none", "data.batch_size=8", "num_steps=8",
                  "optim.lr=1e-4", "optim.warmup_steps=2", "checkpoint_every=4", "log_every=1"]))
   return c

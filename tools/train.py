@@ -38,7 +38,7 @@ def main(argv) -> None:
       raise app.UsageError(f"--config.{field} is required: {what}")
   try:
     summary = loop.run(cfg, _WORKDIR.value)
-  except (memory.DoesNotFit, loop.TooManyBadSteps) as err:
+  except (memory.DoesNotFit, loop.TooManyBadSteps, ValueError, FileNotFoundError) as err:
     print(f"error: {err}", file=sys.stderr)
     raise SystemExit(2)
   print(json.dumps(summary, indent=2))

@@ -120,15 +120,19 @@ class Run:
         if not path or not os.path.exists(path):
           raise ConfigError(f"config.models.{key}: {path!r} does not exist")
 
-  def resolve_models(self) -> None:
-    """Model paths; for the demo, tiny models are created locally first (in upstream layouts)."""
+  def resolve_models(self, create: bool) -> None:
+    """Model paths. For the demo the tiny models live under WORKDIR/assets; `create` builds them
+    (in their upstream layouts) once every input check has passed."""
     c = self.config
     if self.demo:
       from lift_jax import demo_assets
-      assets = demo_assets.make_demo_assets(
-          os.path.join(self.workdir, "assets"), seed=c.get("seed", 0),
-          config={**c.demo_assets.to_dict(), "prompts": [c.prompts, c.eval_prompts]})
-      self.paths.update(pipeline=assets["pipeline"], critic=assets["critic"])
+      root = os.path.join(self.workdir, "assets")
+      if create:
+        demo_assets.make_demo_assets(
+            root, seed=c.get("seed", 0),
+            config={**c.demo_assets.to_dict(), "prompts": [c.prompts, c.eval_prompts]})
+      self.paths.update(pipeline=os.path.join(root, demo_assets.PIPELINE_DIR),
+                        critic=os.path.join(root, demo_assets.CRITIC_DIR))
     else:
       self.paths.update(pipeline=c.models.pipeline, critic=c.models.critic)
     self.paths["transformer"] = os.path.join(self.paths["pipeline"], "transformer")
@@ -247,10 +251,7 @@ class Run:
       if unknown:
         raise ConfigError(f"unknown stages {unknown}; known: {', '.join(STAGES)}")
     self.validate()
-    os.makedirs(self.workdir, exist_ok=True)
-    with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-      json.dump(self.config.to_dict(), f, indent=2, default=str)
-    self.resolve_models()
+    self.resolve_models(create=False)
     plan = [s for s in self.stages() if not only or s.kind in only]
     selected = {s.name for s in plan}
     # Inputs made by stages that are not selected must already exist: say so now, not later.
@@ -260,6 +261,10 @@ class Run:
         if producer and producer.name not in selected and not os.path.exists(need):
           raise ConfigError(f"stage {stage.name} needs {need}, made by stage {producer.name}: "
                             f"run it first (add '{producer.kind}' to --stages)")
+    os.makedirs(self.workdir, exist_ok=True)
+    with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(self.config.to_dict(), f, indent=2, default=str)
+    self.resolve_models(create=True)
     results = {}
     for stage in plan:
       done = os.path.join(self._dir(stage.name), DONE)

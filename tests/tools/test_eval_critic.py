@@ -17,17 +17,13 @@ from lift_jax.data import hra
 from lift_jax.models import critic
 from lift_jax.models.critic import prompts
 from tests.lift.test_critic_train import tiny_hra, tiny_vila
+from tests.tools import tool_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_tool(name):
-  spec = importlib.util.spec_from_file_location(f"{name}_tool", os.path.join(ROOT, "tools",
-                                                                             f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = mod
-  spec.loader.exec_module(mod)
-  return mod
+  return tool_module.load(name)
 
 
 @pytest.fixture(scope="module")

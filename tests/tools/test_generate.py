@@ -14,6 +14,7 @@ import pytest
 from lift_jax.checkpoint import convert
 from lift_jax.checkpoint.safetensors import CheckpointError
 from lift_jax.data import records
+from tests.tools import tool_module
 from lift_jax.data.video import read_video
 from tests.diffusion.test_pipeline import FRAMES, HEIGHT, WIDTH, build_tiny_pipeline
 
@@ -27,11 +28,7 @@ waves crashing on a rocky beach
 
 
 def _tool():
-  spec = importlib.util.spec_from_file_location("generate_tool",
-                                                os.path.join(ROOT, "tools", "generate.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return tool_module.load("generate")
 
 
 def _config(models, **over):

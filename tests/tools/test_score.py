@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lift_jax.data import records
+from tests.tools import tool_module
 from lift_jax.data.video import write_video
 from tests.models.test_scoring import answer_chain, random_videos, write_forced_critic
 
@@ -18,11 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _tool():
-  path = os.path.join(ROOT, "tools", "score.py")
-  spec = importlib.util.spec_from_file_location("score_tool", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return tool_module.load("score")
 
 
 def _config(**over):
