@@ -183,7 +183,12 @@ class Trainer:
     if a == 1:
       (loss, mse), grads = grad_fn(params, frozen, batch, key)
     else:
-      micro = jax.tree.map(lambda x: x.reshape((a, x.shape[0] // a) + x.shape[1:]), batch)
+      # Strided split: micro-batch i holds rows i, i+a, ..., so every device keeps its own rows
+      # (a contiguous split would move data between devices).
+      micro = jax.tree.map(
+          lambda x: mesh_lib.constrain(
+              x.reshape((x.shape[0] // a, a) + x.shape[1:]).swapaxes(0, 1),
+              (None, "activation_batch") + (None,) * (x.ndim - 1)), batch)
 
       def body(carry, xs):
         i, mb = xs
