@@ -27,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
       final_lr_fraction=0.0))
   # mode: rwl (paper) | rejection | plain; transform: raw (paper) | mean1 | exp.
   c.loss = ml_collections.ConfigDict(dict(mode="rwl", transform="raw", beta=1.0, real_weight=1.0))
-  c.trainable = "blocks"  # the paper trains the DiT blocks; "full" trains everything
+  c.trainable = "blocks"  # the paper trains the DiT blocks; "full" everything; "lora" adapters
+  c.lora = ml_collections.ConfigDict(dict(rank=64, alpha=64.0))  # attention q/k/v/out, if "lora"
   c.accum_steps = 1
   c.num_epochs = 20
   c.num_steps = ml_collections.config_dict.placeholder(int)  # overrides num_epochs

@@ -181,7 +181,8 @@ def run(config, workdir: str) -> dict[str, Any]:
               else NoiseSchedule.cogvideox_5b())
   trainer = Trainer(model, mesh=mesh, optim=optim, loss=LossConfig(**config.loss.to_dict()),
                     schedule=schedule, trainable=config.trainable,
-                    accum_steps=config.accum_steps, seed=config.seed)
+                    accum_steps=config.accum_steps, seed=config.seed,
+                    lora_rank=config.lora.rank, lora_alpha=config.lora.alpha)
   trainer.check_batch(config.data.batch_size)
   first = dataset[0]  # one host batch: the shapes of every batch
   _, f, c, h, w = first["latents"].shape

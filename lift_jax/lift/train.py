@@ -25,9 +25,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lift_jax.diffusion.schedule import NoiseSchedule
 from lift_jax.lift import loss as loss_lib
+from lift_jax.lift import transformer_lora
 from lift_jax.parallel import mesh as mesh_lib
 
-TRAINABLE = ("blocks", "full")
+TRAINABLE = ("blocks", "full", "lora")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +73,13 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
 
 
 def trainable_filter(name: str):
-  """nnx filter for the trainable parameters: "blocks" (the paper) or "full"."""
+  """nnx filter for the trainable parameters: "blocks" (the paper), "full" or "lora"."""
   if name == "blocks":
     return nnx.All(nnx.Param, nnx.PathContains("blocks"))
   if name == "full":
     return nnx.Param
+  if name == "lora":
+    return transformer_lora.trainable_filter()
   raise ValueError(f"trainable={name!r}: expected one of {TRAINABLE}")
 
 
@@ -100,7 +103,7 @@ class Trainer:
   def __init__(self, model: nnx.Module, *, mesh: Mesh, optim: OptimConfig = OptimConfig(),
                loss: LossConfig = LossConfig(), schedule: NoiseSchedule | None = None,
                trainable: str = "blocks", accum_steps: int = 1, seed: int = 0,
-               rules=mesh_lib.DEFAULT_RULES):
+               lora_rank: int = 64, lora_alpha: float = 64.0, rules=mesh_lib.DEFAULT_RULES):
     self.mesh, self.rules = mesh, rules
     self.optim_config, self.loss_config = optim, loss
     self.schedule = schedule or NoiseSchedule.cogvideox_2b()
@@ -108,6 +111,9 @@ class Trainer:
     self.base_key = jax.random.key(seed)
     self.tx = make_optimizer(optim)
     self.lr = learning_rate(optim)
+    self.trainable = trainable
+    if trainable == "lora":
+      transformer_lora.add_lora(model, rank=lora_rank, alpha=lora_alpha, seed=seed)
     self.graphdef, params, frozen = nnx.split(model, trainable_filter(trainable), ...)
     self.param_shardings = nnx.to_pure_dict(mesh_lib.param_shardings(params, mesh, rules))
     self.frozen_shardings = nnx.to_pure_dict(mesh_lib.param_shardings(frozen, mesh, rules))
@@ -155,13 +161,17 @@ class Trainer:
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, self.state_shardings)
 
-  def model(self, state: dict[str, Any]) -> nnx.Module:
-    """The full NNX model with the state's trainable parameters (for sampling or export)."""
+  def model(self, state: dict[str, Any], merge_lora: bool = True) -> nnx.Module:
+    """The full NNX model with the state's trainable parameters (for sampling or export);
+    LoRA factors are merged into the weights unless `merge_lora=False`."""
     params = self._params_template
     frozen = self._frozen_template
     nnx.replace_by_pure_dict(params, state["params"])
     nnx.replace_by_pure_dict(frozen, self.frozen)
-    return nnx.merge(self.graphdef, params, frozen)
+    model = nnx.merge(self.graphdef, params, frozen)
+    if self.trainable == "lora" and merge_lora:
+      return transformer_lora.merge_lora(model)
+    return model
 
   # ------------------------------------------------------------------------- step
 

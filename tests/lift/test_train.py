@@ -8,6 +8,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -152,3 +153,25 @@ def test_sigterm_saves_and_kill9_resume_equals_uninterrupted(tmp_path):
   got = tiny_run.final_params(workdir)
   for k in expected:
     np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+
+
+def test_lora_trains_only_adapters_and_merges_into_the_weights():
+  mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
+  model = cogvideox.CogVideoXTransformer3D(CFG, rngs=nnx.Rngs(0))
+  tr = train.Trainer(model, mesh=mesh, trainable="lora", lora_rank=4, lora_alpha=8.0,
+                     optim=train.OptimConfig(lr=1e-2, warmup_steps=1, total_steps=10))
+  state, metrics = run_steps(tr, batches(2))
+  assert bool(metrics["finite"])
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state["params"])]
+  assert paths and all("lora_a" in p or "lora_b" in p for p in paths), paths
+  x = batches(1, size=2)[0]
+  args = [jnp.asarray(x["latents"]), jnp.asarray(x["text_embeds"]), jnp.array([10, 500])]
+  adapted = np.asarray(tr.model(state, merge_lora=False)(*args))
+  merged = tr.model(state)
+  base = cogvideox.CogVideoXTransformer3D(CFG, rngs=nnx.Rngs(0))
+  assert np.abs(np.asarray(merged.blocks.layers.attn1.to_q.kernel[...]) -
+                np.asarray(base.blocks.layers.attn1.to_q.kernel[...])).max() > 0
+  np.testing.assert_array_equal(np.asarray(merged.blocks.layers.ff.up.kernel[...]),
+                                np.asarray(base.blocks.layers.ff.up.kernel[...]))
+  # W + (α/r)·A·B computes what the adapted layers did.
+  np.testing.assert_allclose(np.asarray(merged(*args)), adapted, rtol=1e-5, atol=1e-5)
