@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Callable, Iterable
 
 import jax
@@ -20,6 +18,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
+from lift_jax.checkpoint import folders
 from lift_jax.checkpoint.safetensors import CheckpointError
 from lift_jax.parallel import mesh as mesh_lib
 
@@ -69,13 +68,7 @@ def save_streaming(dst: str, kind: str, config: dict[str, Any],
   `arrays` yields (dotted NNX path, array); each group is one orbax checkpoint under
   `params/NNNNN/`, so peak memory is one group, not the model.
   """
-  dst = os.path.abspath(dst)
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
-  parent = os.path.dirname(dst)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
-  try:
+  with folders.atomic_directory(dst, overwrite=overwrite) as tmp:
     groups: list[list[str]] = []
     pending: dict[str, jax.Array] = {}
     size = 0
@@ -97,13 +90,7 @@ def save_streaming(dst: str, kind: str, config: dict[str, Any],
     with open(os.path.join(tmp, META_FILE), "w") as f:
       json.dump({"format": FORMAT_VERSION, "kind": kind, "config": config, "groups": groups}, f,
                 indent=2)
-    if os.path.exists(dst):
-      shutil.rmtree(dst)
-    os.replace(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return dst
+  return os.path.abspath(dst)
 
 
 def save_model(dst: str, kind: str, config: dict[str, Any], model: nnx.Module, *,

@@ -1,6 +1,5 @@
 """Shared layers against their PyTorch/diffusers counterparts and plain NumPy."""
 
-import warnings
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,6 @@ flow of the loop, not the quality of any model.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

@@ -2,11 +2,9 @@
 set: training continues from its checkpoint and exports a PEFT adapter; the accuracy the eval tool
 reports (both scoring modes) equals a hand count from single-prompt forward passes and answers."""
 
-import importlib.util
 import json
 import os
 import re
-import sys
 
 import jax.numpy as jnp
 import numpy as np

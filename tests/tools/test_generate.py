@@ -2,7 +2,6 @@
 transformer, VAE and T5 were converted with tools/convert_checkpoint.py's code path: mp4 files
 that read back, the manifest, resuming, and the errors for bad prompts files and checkpoints."""
 
-import importlib.util
 import os
 import shutil
 import subprocess

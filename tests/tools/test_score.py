@@ -1,7 +1,6 @@
 """tools/score.py end to end: a tiny forced critic (a VILA folder), real mp4 files, one corrupt;
 scores.jsonl, the summary, resuming, unparseable answers, and the command line itself."""
 
-import importlib.util
 import json
 import os
 import subprocess

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 
 from flax import nnx
 from jax.sharding import Mesh
 
-from lift_jax.checkpoint import store
-from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder, write_sharded
+from lift_jax.checkpoint import folders, store
+from lift_jax.checkpoint.safetensors import WeightFolder
 from lift_jax.checkpoint.tables import export_tensors, load_from_table, stream_from_table
 from lift_jax.models.cogvideox.modeling import CogVideoXConfig, CogVideoXTransformer3D
 from lift_jax.models.cogvideox.params import transformer_rules
@@ -19,14 +16,7 @@ from lift_jax.models.cogvideox.params import transformer_rules
 KIND = "cogvideox-transformer"
 
 
-def read_json(path: str) -> dict:
-  if not os.path.isfile(path):
-    raise CheckpointError(f"{path}: missing (expected the model's config.json)")
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as err:
-    raise CheckpointError(f"{path}: unreadable config ({err})") from err
+
 
 
 def resolve_diffusers_folder(path: str, subfolder: str) -> str:
@@ -39,19 +29,10 @@ def resolve_diffusers_folder(path: str, subfolder: str) -> str:
 
 def transformer_config(path: str, **runtime) -> CogVideoXConfig:
   """The model config of a diffusers folder or converted checkpoint, with runtime overrides."""
-  if store.is_converted(path):
-    meta = store.read_meta(path)
-    if meta["kind"] != KIND:
-      raise CheckpointError(f"{path}: holds a {meta['kind']!r} checkpoint, not {KIND!r}")
-    return CogVideoXConfig.from_diffusers_config(meta["config"], **runtime)
-  folder = resolve_diffusers_folder(path, "transformer")
-  try:
-    return CogVideoXConfig.from_diffusers_config(
-        read_json(os.path.join(folder, "config.json")), **runtime)
-  except (TypeError, ValueError) as err:
-    if isinstance(err, CheckpointError):
-      raise
-    raise CheckpointError(f"{folder}/config.json: {err}") from err
+  return folders.model_config(
+      path, kind=KIND, folder=lambda p: resolve_diffusers_folder(p, "transformer"),
+      parse=lambda c: CogVideoXConfig.from_diffusers_config(c, **runtime),
+      what="the transformer's config.json")
 
 
 def load_transformer(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
@@ -106,20 +87,9 @@ def export_diffusers(model: CogVideoXTransformer3D, dst: str, *, max_shard_bytes
   `CogVideoXTransformer3DModel.from_pretrained(dst)` loads it, so a fine-tuned model can be evaluated
   and published with the PyTorch tooling. Written under a temporary name, then renamed.
   """
-  dst = os.path.abspath(dst)
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
-  os.makedirs(os.path.dirname(dst), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
-  try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(model.config.to_diffusers_config(), f, indent=2)
-    write_sharded(tmp, export_tensors(model, transformer_rules(model.config)),
-                  weights_name="diffusion_pytorch_model", max_shard_bytes=max_shard_bytes)
-    if os.path.exists(dst):
-      shutil.rmtree(dst)
-    os.replace(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return dst
+  return folders.export_folder(dst, model.config.to_diffusers_config(),
+                               export_tensors(model, transformer_rules(model.config)),
+                               weights_name="diffusion_pytorch_model",
+                               max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+
+

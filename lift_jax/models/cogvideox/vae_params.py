@@ -9,18 +9,14 @@ without the `.conv` wrappers of causal convs and with `downsamplers.0` / `upsamp
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 
 from flax import nnx
 from jax.sharding import Mesh
 
-from lift_jax.checkpoint import store
-from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder, write_sharded
+from lift_jax.checkpoint import folders, store
+from lift_jax.checkpoint.safetensors import WeightFolder
 from lift_jax.checkpoint.tables import Rule, export_tensors, load_from_table
-from lift_jax.models.cogvideox.loading import read_json, resolve_diffusers_folder
+from lift_jax.models.cogvideox.loading import resolve_diffusers_folder
 from lift_jax.models.cogvideox.vae import AutoencoderKLCogVideoX, CogVideoXVAEConfig
 
 KIND = "cogvideox-vae"
@@ -102,19 +98,10 @@ def vae_rules(cfg: CogVideoXVAEConfig) -> list[Rule]:
 
 def vae_config(path: str, **runtime) -> CogVideoXVAEConfig:
   """The VAE config of a diffusers folder (or pipeline root) or a converted checkpoint."""
-  if store.is_converted(path):
-    meta = store.read_meta(path)
-    if meta["kind"] != KIND:
-      raise CheckpointError(f"{path}: holds a {meta['kind']!r} checkpoint, not {KIND!r}")
-    return CogVideoXVAEConfig.from_diffusers_config(meta["config"], **runtime)
-  folder = resolve_diffusers_folder(path, "vae")
-  try:
-    return CogVideoXVAEConfig.from_diffusers_config(
-        read_json(os.path.join(folder, "config.json")), **runtime)
-  except (TypeError, ValueError) as err:
-    if isinstance(err, CheckpointError):
-      raise
-    raise CheckpointError(f"{folder}/config.json: {err}") from err
+  return folders.model_config(
+      path, kind=KIND, folder=lambda p: resolve_diffusers_folder(p, "vae"),
+      parse=lambda c: CogVideoXVAEConfig.from_diffusers_config(c, **runtime),
+      what="the VAE's config.json")
 
 
 def load_vae(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
@@ -141,20 +128,9 @@ def export_vae(model: AutoencoderKLCogVideoX, dst: str, *, max_shard_bytes: int 
                overwrite: bool = False) -> str:
   """Writes a diffusers `vae/` folder (config.json + safetensors) that
   `AutoencoderKLCogVideoX.from_pretrained` and `load_vae` read; atomic (temporary name, rename)."""
-  dst = os.path.abspath(dst)
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
-  os.makedirs(os.path.dirname(dst), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
-  try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(model.config.to_diffusers_config(), f, indent=2)
-    write_sharded(tmp, export_tensors(model, vae_rules(model.config)),
-                  weights_name="diffusion_pytorch_model", max_shard_bytes=max_shard_bytes)
-    if os.path.exists(dst):
-      shutil.rmtree(dst)
-    os.replace(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return dst
+  return folders.export_folder(dst, model.config.to_diffusers_config(),
+                               export_tensors(model, vae_rules(model.config)),
+                               weights_name="diffusion_pytorch_model",
+                               max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+
+

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lift_jax.checkpoint import store
+from lift_jax.checkpoint import folders, store
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
 from lift_jax.checkpoint.tables import Rule, identity, linear, load_from_table
 from lift_jax.models.intern_vit.modeling import InternVisionConfig, InternVisionModel
@@ -174,19 +174,10 @@ def resolve_folder(path: str) -> str:
 
 
 def vision_config(path: str, **runtime) -> InternVisionConfig:
-  """The config of an InternViT folder or converted checkpoint, with runtime overrides."""
-  if store.is_converted(path):
-    meta = store.read_meta(path)
-    if meta["kind"] != KIND:
-      raise CheckpointError(f"{path}: holds a {meta['kind']!r} checkpoint, not {KIND!r}")
-    config, where = meta["config"], os.path.join(path, store.META_FILE)
-  else:
-    where = os.path.join(resolve_folder(path), "config.json")
-    config = read_json(where, "the InternViT tower's config.json")
-  try:
-    return InternVisionConfig.from_hf_config(config, **runtime)
-  except (TypeError, ValueError) as err:
-    raise CheckpointError(f"{where}: {err}") from err
+  """The config of a transformers folder or converted checkpoint, with runtime overrides."""
+  return folders.model_config(path, kind=KIND, folder=resolve_folder,
+                              parse=lambda c: InternVisionConfig.from_hf_config(c, **runtime),
+                              what="the InternViT tower's config.json")
 
 
 def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,

@@ -8,16 +8,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 
 from flax import nnx
 from jax.sharding import Mesh
 
-from lift_jax.checkpoint import store
-from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder, write_sharded
+from lift_jax.checkpoint import folders, store
+from lift_jax.checkpoint.folders import read_json
+from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
 from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear, load_from_table
 from lift_jax.models.llama.modeling import LlamaConfig, LlamaForCausalLM
 
@@ -71,16 +69,6 @@ def ignored_keys(cfg: LlamaConfig) -> tuple[str, ...]:
   return IGNORED + (("lm_head.weight",) if cfg.tie_word_embeddings else ())
 
 
-def read_json(path: str, what: str) -> dict:
-  if not os.path.isfile(path):
-    raise CheckpointError(f"{path}: missing (expected {what})")
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as err:
-    raise CheckpointError(f"{path}: unreadable ({err})") from err
-
-
 def resolve_folder(path: str) -> str:
   """Accepts the LLM folder itself or a VILA root holding `llm/`."""
   if not os.path.isdir(path):
@@ -95,18 +83,9 @@ def resolve_folder(path: str) -> str:
 
 def llama_config(path: str, **runtime) -> LlamaConfig:
   """The config of a transformers folder or converted checkpoint, with runtime overrides."""
-  if store.is_converted(path):
-    meta = store.read_meta(path)
-    if meta["kind"] != KIND:
-      raise CheckpointError(f"{path}: holds a {meta['kind']!r} checkpoint, not {KIND!r}")
-    config, where = meta["config"], os.path.join(path, store.META_FILE)
-  else:
-    where = os.path.join(resolve_folder(path), "config.json")
-    config = read_json(where, "the Llama model's config.json")
-  try:
-    return LlamaConfig.from_hf_config(config, **runtime)
-  except (TypeError, ValueError) as err:
-    raise CheckpointError(f"{where}: {err}") from err
+  return folders.model_config(path, kind=KIND, folder=resolve_folder,
+                              parse=lambda c: LlamaConfig.from_hf_config(c, **runtime),
+                              what="the Llama model's config.json")
 
 
 def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
@@ -135,20 +114,9 @@ def export(model: LlamaForCausalLM, dst: str, *, max_shard_bytes: int = 5 * 1024
            overwrite: bool = False) -> str:
   """Writes a transformers `LlamaForCausalLM` folder (config.json + model safetensors, sharded with
   an index past `max_shard_bytes`), the layout of VILA's `llm/`. Atomic (temporary name, rename)."""
-  dst = os.path.abspath(dst)
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
-  os.makedirs(os.path.dirname(dst), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
-  try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(model.config.to_hf_config(), f, indent=2)
-    write_sharded(tmp, export_tensors(model, llama_rules(model.config)), weights_name="model",
-                  max_shard_bytes=max_shard_bytes)
-    if os.path.exists(dst):
-      shutil.rmtree(dst)
-    os.replace(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return dst
+  return folders.export_folder(dst, model.config.to_hf_config(),
+                               export_tensors(model, llama_rules(model.config)),
+                               weights_name="model", max_shard_bytes=max_shard_bytes,
+                               overwrite=overwrite)
+
+

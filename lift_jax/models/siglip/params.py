@@ -9,16 +9,14 @@ folder works too, its text tower, logit scale and the vision attention-pool head
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 
 from flax import nnx
 from jax.sharding import Mesh
 
-from lift_jax.checkpoint import store
-from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder, write_sharded
+from lift_jax.checkpoint import folders, store
+from lift_jax.checkpoint.folders import read_json
+from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
 from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear, load_from_table
 from lift_jax.models.siglip.modeling import SiglipVisionConfig, SiglipVisionModel
 
@@ -90,16 +88,6 @@ class StripPrefix:
     return self._inner.read(self._map[key])
 
 
-def read_json(path: str, what: str) -> dict:
-  if not os.path.isfile(path):
-    raise CheckpointError(f"{path}: missing (expected {what})")
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as err:
-    raise CheckpointError(f"{path}: unreadable ({err})") from err
-
-
 def resolve_folder(path: str) -> str:
   """Accepts the tower folder itself or a VILA root holding `vision_tower/`."""
   if not os.path.isdir(path):
@@ -118,18 +106,9 @@ def resolve_folder(path: str) -> str:
 
 def vision_config(path: str, **runtime) -> SiglipVisionConfig:
   """The config of a transformers folder or converted checkpoint, with runtime overrides."""
-  if store.is_converted(path):
-    meta = store.read_meta(path)
-    if meta["kind"] != KIND:
-      raise CheckpointError(f"{path}: holds a {meta['kind']!r} checkpoint, not {KIND!r}")
-    config, where = meta["config"], os.path.join(path, store.META_FILE)
-  else:
-    where = os.path.join(resolve_folder(path), "config.json")
-    config = read_json(where, "the SigLIP tower's config.json")
-  try:
-    return SiglipVisionConfig.from_hf_config(config, **runtime)
-  except (TypeError, ValueError) as err:
-    raise CheckpointError(f"{where}: {err}") from err
+  return folders.model_config(path, kind=KIND, folder=resolve_folder,
+                              parse=lambda c: SiglipVisionConfig.from_hf_config(c, **runtime),
+                              what="the SigLIP tower's config.json")
 
 
 def weights(folder: str) -> StripPrefix:
@@ -163,21 +142,9 @@ def export(model: SiglipVisionModel, dst: str, *, prefix: str = PREFIX,
   """Writes a transformers `SiglipVisionModel` folder (config.json + model safetensors), keys with
   the `vision_model.` prefix that VILA's `vision_tower/` (transformers 4.x) holds; transformers 5
   strips it on load. `prefix=""` writes the flat 5.x spelling. Atomic (temporary name, rename)."""
-  dst = os.path.abspath(dst)
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
-  os.makedirs(os.path.dirname(dst), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
-  try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(model.config.to_hf_config(), f, indent=2)
-    tensors = ((prefix + key, value)
-               for key, value in export_tensors(model, vision_rules(model.config)))
-    write_sharded(tmp, tensors, weights_name="model", max_shard_bytes=max_shard_bytes)
-    if os.path.exists(dst):
-      shutil.rmtree(dst)
-    os.replace(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return dst
+  tensors = ((prefix + key, value)
+             for key, value in export_tensors(model, vision_rules(model.config)))
+  return folders.export_folder(dst, model.config.to_hf_config(), tensors, weights_name="model",
+                               max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+
+

@@ -10,16 +10,13 @@ transformers layout back (`T5EncoderModel.from_pretrained` reads it).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 
 from flax import nnx
 from jax.sharding import Mesh
 
-from lift_jax.checkpoint import store
-from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder, write_sharded
+from lift_jax.checkpoint import folders, store
+from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
 from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear, load_from_table
 from lift_jax.models.t5.modeling import T5Config, T5Encoder
 
@@ -99,16 +96,6 @@ class TiedWeights:
     return self._inner.read(self._alias.get(key, key))
 
 
-def _read_json(path: str) -> dict:
-  if not os.path.isfile(path):
-    raise CheckpointError(f"{path}: missing (expected the T5 encoder's config.json)")
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as err:
-    raise CheckpointError(f"{path}: unreadable config ({err})") from err
-
-
 def resolve_folder(path: str) -> str:
   """Accepts the encoder folder itself or a pipeline root holding `text_encoder/`."""
   if not os.path.isdir(path):
@@ -121,18 +108,9 @@ def resolve_folder(path: str) -> str:
 
 def encoder_config(path: str, **runtime) -> T5Config:
   """The config of a transformers folder or converted checkpoint, with runtime overrides."""
-  if store.is_converted(path):
-    meta = store.read_meta(path)
-    if meta["kind"] != KIND:
-      raise CheckpointError(f"{path}: holds a {meta['kind']!r} checkpoint, not {KIND!r}")
-    config, where = meta["config"], os.path.join(path, store.META_FILE)
-  else:
-    where = os.path.join(resolve_folder(path), "config.json")
-    config = _read_json(where)
-  try:
-    return T5Config.from_hf_config(config, **runtime)
-  except (TypeError, ValueError) as err:
-    raise CheckpointError(f"{where}: {err}") from err
+  return folders.model_config(path, kind=KIND, folder=resolve_folder,
+                              parse=lambda c: T5Config.from_hf_config(c, **runtime),
+                              what="the T5 encoder's config.json")
 
 
 def load_encoder(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
@@ -162,20 +140,9 @@ def export_encoder(model: T5Encoder, dst: str, *, max_shard_bytes: int = 5 * 102
                    overwrite: bool = False) -> str:
   """Writes a transformers `T5EncoderModel` folder (config.json + model safetensors), as a pipeline's
   `text_encoder/` holds it; the tied embedding is stored once, as `shared.weight`. Atomic."""
-  dst = os.path.abspath(dst)
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
-  os.makedirs(os.path.dirname(dst), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
-  try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(model.config.to_hf_config(), f, indent=2)
-    write_sharded(tmp, export_tensors(model, encoder_rules(model.config)), weights_name="model",
-                  max_shard_bytes=max_shard_bytes)
-    if os.path.exists(dst):
-      shutil.rmtree(dst)
-    os.replace(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return dst
+  return folders.export_folder(dst, model.config.to_hf_config(),
+                               export_tensors(model, encoder_rules(model.config)),
+                               weights_name="model", max_shard_bytes=max_shard_bytes,
+                               overwrite=overwrite)
+
+
