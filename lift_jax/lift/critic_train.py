@@ -265,15 +265,6 @@ class SftOptimConfig:
                                  final_lr_fraction=self.final_lr_fraction)
 
 
-def _abstract_put(tree, shardings):
-  return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree,
-                      shardings)
-
-
-def _tree_where(ok, new, old):
-  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-
-
 class CriticTrainer:
   """The split critic (LoRA factors | everything else), AdamW and the jitted step on one mesh.
 
@@ -311,24 +302,14 @@ class CriticTrainer:
     return NamedSharding(self.mesh, mesh_lib.logical_to_spec(("activation_batch",), self.rules))
 
   def _state_shardings(self):
-    replicated = NamedSharding(self.mesh, PartitionSpec())
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            self._initial_params)
-    opt_sh = jax.jit(self.tx.init).lower(abstract).compile().output_shardings
-    opt_sh = jax.tree.map(lambda sh: sh if isinstance(sh, NamedSharding) else replicated, opt_sh)
-    return {"step": replicated, "params": self.param_shardings, "opt_state": opt_sh,
-            "bad_steps": replicated}
+    return train_lib.state_shardings(self.tx, self.mesh, self.param_shardings,
+                                     self._initial_params)
 
   def init_state(self) -> dict[str, Any]:
-    params = self._initial_params
-    opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
-    scalar = lambda: jax.device_put(jnp.zeros((), jnp.int32), self.state_shardings["step"])
-    return {"step": scalar(), "params": params, "opt_state": opt_state, "bad_steps": scalar()}
+    return train_lib.init_state(self.tx, self._initial_params, self.state_shardings)
 
   def abstract_state(self) -> dict[str, Any]:
-    shapes = jax.eval_shape(self.init_state)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, self.state_shardings)
+    return train_lib.abstract_state(self.init_state, self.state_shardings)
 
   def model(self, state: dict[str, Any] | None = None) -> nnx.Module:
     """The critic (LoRA layers in place) with the state's factors: for scoring, export, merge."""
@@ -378,8 +359,8 @@ class CriticTrainer:
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt = self.tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
-    new_state = {"step": state["step"] + 1, "params": _tree_where(ok, new_params, params),
-                 "opt_state": _tree_where(ok, new_opt, state["opt_state"]),
+    new_state = {"step": state["step"] + 1, "params": train_lib.tree_where(ok, new_params, params),
+                 "opt_state": train_lib.tree_where(ok, new_opt, state["opt_state"]),
                  "bad_steps": state["bad_steps"] + (~ok).astype(jnp.int32)}
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": self.lr(state["step"]),
                "token_accuracy": terms["correct"] / denom,

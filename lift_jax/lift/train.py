@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -83,12 +83,42 @@ def trainable_filter(name: str):
   raise ValueError(f"trainable={name!r}: expected one of {TRAINABLE}")
 
 
-def _abstract_put(tree, shardings):
+def state_shardings(tx: optax.GradientTransformation, mesh: Mesh, param_shardings,
+                    params) -> dict[str, Any]:
+  """Shardings of a train state {"step", "params", "opt_state", "bad_steps"}.
+
+  Optimizer moments take their parameters' shardings explicitly: XLA would replicate `zeros_like`
+  outputs (they do not depend on the sharded input's data). Counters are replicated.
+  """
+  replicated = NamedSharding(mesh, PartitionSpec())
+  abstract_opt = jax.eval_shape(tx.init, params)
+  opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abstract_opt, param_shardings,
+                                 transform_non_params=lambda _: replicated)
+  return {"step": replicated, "params": param_shardings, "opt_state": opt_sh,
+          "bad_steps": replicated}
+
+
+def init_state(tx: optax.GradientTransformation, params, shardings) -> dict[str, Any]:
+  """Step 0: the optimizer initialized straight onto its shards."""
+  opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+  scalar = lambda: jax.device_put(jnp.zeros((), jnp.int32), shardings["step"])
+  return {"step": scalar(), "params": params, "opt_state": opt_state, "bad_steps": scalar()}
+
+
+def abstract_state(init: Callable[[], dict], shardings) -> dict[str, Any]:
+  """ShapeDtypeStructs with shardings of what `init()` returns (restore targets, AOT compile)."""
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      jax.eval_shape(init), shardings)
+
+
+def abstract_put(tree, shardings):
+  """ShapeDtypeStructs of `tree` placed (abstractly) on `shardings`."""
   return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree,
                       shardings)
 
 
-def _tree_where(ok, new, old):
+def tree_where(ok, new, old):
+  """`new` where `ok` (a scalar bool), else `old`, leaf by leaf: how a bad step is skipped."""
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
@@ -122,7 +152,7 @@ class Trainer:
     # An abstract model (nnx.eval_shape) gives an abstract trainer: enough to AOT-compile the
     # step and plan memory for a full-size model without allocating it.
     self.abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
-    place = _abstract_put if self.abstract else jax.device_put
+    place = abstract_put if self.abstract else jax.device_put
     self.frozen = place(nnx.to_pure_dict(frozen), self.frozen_shardings)
     self._initial_params = place(nnx.to_pure_dict(params), self.param_shardings)
     self.state_shardings = self._state_shardings()
@@ -138,28 +168,14 @@ class Trainer:
     return NamedSharding(self.mesh, mesh_lib.logical_to_spec(("activation_batch",), self.rules))
 
   def _state_shardings(self):
-    """Optimizer moments take their parameters' shardings; counters are replicated.
-
-    (XLA would replicate `zeros_like` outputs: they do not depend on the sharded input's data.)
-    """
-    replicated = NamedSharding(self.mesh, PartitionSpec())
-    abstract_opt = jax.eval_shape(self.tx.init, self._initial_params)
-    opt_sh = optax.tree_map_params(self.tx, lambda _, sh: sh, abstract_opt, self.param_shardings,
-                                   transform_non_params=lambda _: replicated)
-    return {"step": replicated, "params": self.param_shardings, "opt_state": opt_sh,
-            "bad_steps": replicated}
+    return state_shardings(self.tx, self.mesh, self.param_shardings, self._initial_params)
 
   def init_state(self) -> dict[str, Any]:
-    params = self._initial_params
-    opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
-    scalar = lambda: jax.device_put(jnp.zeros((), jnp.int32), self.state_shardings["step"])
-    return {"step": scalar(), "params": params, "opt_state": opt_state, "bad_steps": scalar()}
+    return init_state(self.tx, self._initial_params, self.state_shardings)
 
   def abstract_state(self) -> dict[str, Any]:
     """Shapes, dtypes and shardings of the state on this mesh (restore targets, AOT compile)."""
-    shapes = jax.eval_shape(self.init_state)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, self.state_shardings)
+    return abstract_state(self.init_state, self.state_shardings)
 
   def model(self, state: dict[str, Any], merge_lora: bool = True) -> nnx.Module:
     """The full NNX model with the state's trainable parameters (for sampling or export);
@@ -215,8 +231,8 @@ class Trainer:
     new_params = optax.apply_updates(params, updates)
     new_state = {
         "step": state["step"] + 1,
-        "params": _tree_where(ok, new_params, params),
-        "opt_state": _tree_where(ok, new_opt, state["opt_state"]),
+        "params": tree_where(ok, new_params, params),
+        "opt_state": tree_where(ok, new_opt, state["opt_state"]),
         "bad_steps": state["bad_steps"] + (~ok).astype(jnp.int32),
     }
     metrics = {"loss": loss, "mse": mse, "grad_norm": grad_norm, "lr": self.lr(state["step"]),
@@ -249,7 +265,7 @@ class Trainer:
     """AOT-lowers the step for abstract inputs (no weights or data needed)."""
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
              for k, v in batch_spec.items()}
-    frozen = _abstract_put(self.frozen, self.frozen_shardings)
+    frozen = abstract_put(self.frozen, self.frozen_shardings)
     with mesh_lib.use_mesh(self.mesh, self.rules):
       return self._jit_step.lower(self.abstract_state(), frozen, batch, self.base_key)
 

@@ -175,3 +175,12 @@ def test_lora_trains_only_adapters_and_merges_into_the_weights():
                                 np.asarray(base.blocks.layers.ff.up.kernel[...]))
   # W + (α/r)·A·B computes what the adapted layers did.
   np.testing.assert_allclose(np.asarray(merged(*args)), adapted, rtol=1e-5, atol=1e-5)
+
+
+def test_optimizer_moments_are_sharded_like_their_parameters():
+  tr = trainer_on({"fsdp": 8})
+  state = tr.init_state()
+  kernel_spec = state["params"]["blocks"]["layers"]["ff"]["up"]["kernel"].sharding.spec
+  assert "fsdp" in jax.tree.leaves(tuple(kernel_spec))
+  moments = [x for x in jax.tree.leaves(state["opt_state"]) if x.shape == (2, 32, 128)]
+  assert moments and all(m.sharding.spec == kernel_spec for m in moments)
