@@ -84,3 +84,29 @@ def export_folder(dst: str, config: dict, tensors: Iterable[tuple[str, Any]], *,
       json.dump(config, f, indent=2)
     write_sharded(tmp, tensors, weights_name=weights_name, max_shard_bytes=max_shard_bytes)
   return os.path.abspath(dst)
+
+
+def vila_part(path: str, subfolder: str, what: str) -> str:
+  """A component folder itself, or the `subfolder/` of a VILA root (whose config has `llm_cfg`)."""
+  from lift_jax.checkpoint import store
+
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path}: {what} folder does not exist")
+  nested = os.path.join(path, subfolder)
+  if os.path.isdir(nested) and not store.is_converted(path):
+    top = os.path.join(path, "config.json")
+    if not os.path.isfile(top) or "llm_cfg" in read_json(top, "a config"):
+      return nested
+  return path
+
+
+def load_model(path: str, make: Callable[[], Any], *, weights: Callable[[str], Any], rules,
+               mesh=None, ignore: Iterable[str] = (), progress: bool = False):
+  """A converted checkpoint restored onto its shards, or an upstream folder streamed through its
+  key table (`weights(path)` gives the folder's tensors, `rules` the table)."""
+  from lift_jax.checkpoint import store
+  from lift_jax.checkpoint.tables import load_from_table
+
+  if store.is_converted(path):
+    return store.restore_model(path, make, mesh=mesh)
+  return load_from_table(make, weights(path), rules, mesh=mesh, ignore=ignore, progress=progress)

@@ -200,17 +200,22 @@ def write_dataset(out_dir: str, examples: dict[str, Iterable[dict]], *,
   return out_dir
 
 
-def open_dataset(path: str) -> dict[str, Any]:
-  """split -> random-access data source (`len`, `[i]` -> dict of numpy arrays / bytes)."""
+def open_arrayrecord(path: str, *, what: str, how: str) -> dict[str, Any]:
+  """split -> random-access source of a TFDS ArrayRecord folder; a clear error if it is not one."""
   tfds = _tfds()
   if not os.path.isfile(os.path.join(path, "dataset_info.json")):
-    raise FileNotFoundError(f"{path}: not a prepared dataset (no dataset_info.json); "
-                            "write one with tools/prepare_data.py")
+    raise FileNotFoundError(f"{path}: not {what} (no dataset_info.json); {how}")
   return dict(tfds.builder_from_directory(path).as_data_source())
 
 
+def open_dataset(path: str) -> dict[str, Any]:
+  """split -> random-access data source (`len`, `[i]` -> dict of numpy arrays / bytes)."""
+  return open_arrayrecord(path, what="a prepared dataset",
+                          how="write one with tools/prepare_data.py")
+
+
 def dataset_metadata(path: str) -> dict[str, Any]:
-  """metadata.json of a prepared dataset (scaling_factor, preparation settings)."""
+  """metadata.json of a dataset folder ({} if absent): scaling_factor, preparation settings."""
   file = os.path.join(path, "metadata.json")
   if not os.path.isfile(file):
     return {}

@@ -51,6 +51,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from lift_jax.data import generated
 from lift_jax.data import video as video_lib
 
 log = logging.getLogger(__name__)
@@ -545,21 +546,14 @@ def build_hra(out_dir: str, *, manual_dir: str | None = None,
 
 def open_hra(path: str) -> dict[str, Any]:
   """split -> random-access source (`len`, `[i]` -> dict of numpy arrays and bytes)."""
-  import tensorflow_datasets as tfds
-
-  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
-    raise FileNotFoundError(f"{path}: not an HRA dataset (no dataset_info.json); build one with "
-                            "`python -m lift_jax.data.hra` or tools/train_critic.py")
-  return dict(tfds.builder_from_directory(path).as_data_source())
+  return generated.open_arrayrecord(
+      path, what="an HRA dataset",
+      how="build one with `python -m lift_jax.data.hra` or tools/train_critic.py")
 
 
 def hra_metadata(path: str) -> dict[str, Any]:
   """metadata.json of a built dataset (sources, split settings, frame size)."""
-  file = os.path.join(path, "metadata.json")
-  if not os.path.isfile(file):
-    return {}
-  with open(file, encoding="utf-8") as f:
-    return json.load(f)
+  return generated.dataset_metadata(path)
 
 
 def hra_texts(path: str) -> dict[str, list[list[str]]]:

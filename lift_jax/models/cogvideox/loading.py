@@ -9,7 +9,7 @@ from jax.sharding import Mesh
 
 from lift_jax.checkpoint import folders, store
 from lift_jax.checkpoint.safetensors import WeightFolder
-from lift_jax.checkpoint.tables import export_tensors, load_from_table, stream_from_table
+from lift_jax.checkpoint.tables import export_tensors, stream_from_table
 from lift_jax.models.cogvideox.modeling import CogVideoXConfig, CogVideoXTransformer3D
 from lift_jax.models.cogvideox.params import transformer_rules
 
@@ -46,10 +46,9 @@ def load_transformer(path: str, *, dtype: str = "float32", param_dtype: str | No
   cfg = transformer_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
                            attention_impl=attention_impl)
   make = lambda: CogVideoXTransformer3D(cfg, rngs=nnx.Rngs(0))
-  if store.is_converted(path):
-    return store.restore_model(path, make, mesh=mesh)
-  folder = WeightFolder(resolve_diffusers_folder(path, "transformer"))
-  return load_from_table(make, folder, transformer_rules(cfg), mesh=mesh, progress=progress)
+  return folders.load_model(
+      path, make, weights=lambda p: WeightFolder(resolve_diffusers_folder(p, "transformer")),
+      rules=transformer_rules(cfg), mesh=mesh, progress=progress)
 
 
 def convert_transformer(src: str, dst: str, *, dtype: str = "float32", mesh: Mesh | None = None,

@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 
 from lift_jax.checkpoint import folders, store
 from lift_jax.checkpoint.safetensors import WeightFolder
-from lift_jax.checkpoint.tables import Rule, export_tensors, load_from_table
+from lift_jax.checkpoint.tables import Rule, export_tensors
 from lift_jax.models.cogvideox.loading import resolve_diffusers_folder
 from lift_jax.models.cogvideox.vae import AutoencoderKLCogVideoX, CogVideoXVAEConfig
 
@@ -112,10 +112,9 @@ def load_vae(path: str, *, dtype: str = "float32", param_dtype: str | None = Non
   """
   cfg = vae_config(path, dtype=dtype, param_dtype=param_dtype or dtype)
   make = lambda: AutoencoderKLCogVideoX(cfg, rngs=nnx.Rngs(0))
-  if store.is_converted(path):
-    return store.restore_model(path, make, mesh=mesh)
-  folder = WeightFolder(resolve_diffusers_folder(path, "vae"))
-  return load_from_table(make, folder, vae_rules(cfg), mesh=mesh, progress=progress)
+  return folders.load_model(
+      path, make, weights=lambda p: WeightFolder(resolve_diffusers_folder(p, "vae")),
+      rules=vae_rules(cfg), mesh=mesh, progress=progress)
 
 
 def save_vae(model: AutoencoderKLCogVideoX, dst: str, *, overwrite: bool = False) -> str:

@@ -23,9 +23,10 @@ from jax.sharding import Mesh
 
 from lift_jax.checkpoint import folders, store
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
-from lift_jax.checkpoint.tables import Rule, identity, linear, load_from_table
+from lift_jax.checkpoint.tables import Rule, identity, linear
 from lift_jax.models.intern_vit.modeling import InternVisionConfig, InternVisionModel
-from lift_jax.models.siglip.params import StripPrefix, read_json
+from lift_jax.checkpoint.folders import read_json
+from lift_jax.models.siglip.params import StripPrefix
 from lift_jax.models.siglip.processing import PREPROCESSOR_FILE, ImageProcessor
 
 KIND = "intern-vit"
@@ -163,14 +164,7 @@ def image_processor(folder: str, image_size: int | None = None) -> ImageProcesso
 
 def resolve_folder(path: str) -> str:
   """Accepts the tower folder itself or a VILA root holding `vision_tower/`."""
-  if not os.path.isdir(path):
-    raise CheckpointError(f"{path}: InternViT folder does not exist")
-  nested = os.path.join(path, "vision_tower")
-  if os.path.isdir(nested) and not store.is_converted(path):
-    top = os.path.join(path, "config.json")
-    if not os.path.isfile(top) or "llm_cfg" in read_json(top, "a config"):
-      return nested
-  return path
+  return folders.vila_part(path, "vision_tower", "InternViT")
 
 
 def vision_config(path: str, **runtime) -> InternVisionConfig:
@@ -191,10 +185,8 @@ def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
   cfg = vision_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
                       attention_impl=attention_impl)
   make = lambda: InternVisionModel(cfg, rngs=nnx.Rngs(0))
-  if store.is_converted(path):
-    return store.restore_model(path, make, mesh=mesh)
-  return load_from_table(make, weights(resolve_folder(path)), vision_rules(cfg), mesh=mesh,
-                         ignore=IGNORED, progress=progress)
+  return folders.load_model(path, make, weights=lambda p: weights(resolve_folder(p)),
+                            rules=vision_rules(cfg), mesh=mesh, ignore=IGNORED, progress=progress)
 
 
 def save(model: InternVisionModel, dst: str, *, overwrite: bool = False) -> str:

@@ -8,15 +8,13 @@
 
 from __future__ import annotations
 
-import os
 
 from flax import nnx
 from jax.sharding import Mesh
 
 from lift_jax.checkpoint import folders, store
-from lift_jax.checkpoint.folders import read_json
-from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
-from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear, load_from_table
+from lift_jax.checkpoint.safetensors import WeightFolder
+from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear
 from lift_jax.models.llama.modeling import LlamaConfig, LlamaForCausalLM
 
 KIND = "llama"
@@ -71,14 +69,7 @@ def ignored_keys(cfg: LlamaConfig) -> tuple[str, ...]:
 
 def resolve_folder(path: str) -> str:
   """Accepts the LLM folder itself or a VILA root holding `llm/`."""
-  if not os.path.isdir(path):
-    raise CheckpointError(f"{path}: Llama folder does not exist")
-  nested = os.path.join(path, SUBFOLDER)
-  if os.path.isdir(nested) and not store.is_converted(path):
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config) or "llm_cfg" in read_json(config, "a config"):
-      return nested
-  return path
+  return folders.vila_part(path, SUBFOLDER, "Llama")
 
 
 def llama_config(path: str, **runtime) -> LlamaConfig:
@@ -99,10 +90,9 @@ def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
   cfg = llama_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
                      attention_impl=attention_impl)
   make = lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
-  if store.is_converted(path):
-    return store.restore_model(path, make, mesh=mesh)
-  return load_from_table(make, WeightFolder(resolve_folder(path)), llama_rules(cfg), mesh=mesh,
-                         ignore=ignored_keys(cfg), progress=progress)
+  return folders.load_model(path, make, weights=lambda p: WeightFolder(resolve_folder(p)),
+                            rules=llama_rules(cfg), mesh=mesh, ignore=ignored_keys(cfg),
+                            progress=progress)
 
 
 def save(model: LlamaForCausalLM, dst: str, *, overwrite: bool = False) -> str:

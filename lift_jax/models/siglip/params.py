@@ -9,15 +9,13 @@ folder works too, its text tower, logit scale and the vision attention-pool head
 
 from __future__ import annotations
 
-import os
 
 from flax import nnx
 from jax.sharding import Mesh
 
 from lift_jax.checkpoint import folders, store
-from lift_jax.checkpoint.folders import read_json
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
-from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear, load_from_table
+from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear
 from lift_jax.models.siglip.modeling import SiglipVisionConfig, SiglipVisionModel
 
 KIND = "siglip-vision"
@@ -90,18 +88,7 @@ class StripPrefix:
 
 def resolve_folder(path: str) -> str:
   """Accepts the tower folder itself or a VILA root holding `vision_tower/`."""
-  if not os.path.isdir(path):
-    raise CheckpointError(f"{path}: SigLIP folder does not exist")
-  nested = os.path.join(path, "vision_tower")
-  if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(nested):
-    return nested
-  if os.path.isdir(nested) and not store.is_converted(path):
-    try:
-      if "llm_cfg" in read_json(os.path.join(path, "config.json"), "a config"):
-        return nested
-    except CheckpointError:
-      pass
-  return path
+  return folders.vila_part(path, "vision_tower", "SigLIP")
 
 
 def vision_config(path: str, **runtime) -> SiglipVisionConfig:
@@ -126,10 +113,8 @@ def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
   cfg = vision_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
                       attention_impl=attention_impl)
   make = lambda: SiglipVisionModel(cfg, rngs=nnx.Rngs(0))
-  if store.is_converted(path):
-    return store.restore_model(path, make, mesh=mesh)
-  return load_from_table(make, weights(resolve_folder(path)), vision_rules(cfg), mesh=mesh,
-                         ignore=IGNORED, progress=progress)
+  return folders.load_model(path, make, weights=lambda p: weights(resolve_folder(p)),
+                            rules=vision_rules(cfg), mesh=mesh, ignore=IGNORED, progress=progress)
 
 
 def save(model: SiglipVisionModel, dst: str, *, overwrite: bool = False) -> str:

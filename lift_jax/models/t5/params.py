@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from lift_jax.checkpoint import folders, store
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
-from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear, load_from_table
+from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear
 from lift_jax.models.t5.modeling import T5Config, T5Encoder
 
 KIND = "t5-encoder"
@@ -124,11 +124,9 @@ def load_encoder(path: str, *, dtype: str = "float32", param_dtype: str | None =
   cfg = encoder_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
                        attention_impl=attention_impl)
   make = lambda: T5Encoder(cfg, rngs=nnx.Rngs(0))
-  if store.is_converted(path):
-    return store.restore_model(path, make, mesh=mesh)
-  folder = TiedWeights(WeightFolder(resolve_folder(path)))
-  return load_from_table(make, folder, encoder_rules(cfg), mesh=mesh, ignore=IGNORED,
-                         progress=progress)
+  return folders.load_model(
+      path, make, weights=lambda p: TiedWeights(WeightFolder(resolve_folder(p))),
+      rules=encoder_rules(cfg), mesh=mesh, ignore=IGNORED, progress=progress)
 
 
 def save_encoder(model: T5Encoder, dst: str, *, overwrite: bool = False) -> str:
