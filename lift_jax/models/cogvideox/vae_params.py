@@ -9,8 +9,6 @@ without the `.conv` wrappers of causal convs and with `downsamplers.0` / `upsamp
 
 from __future__ import annotations
 
-from jax.sharding import Mesh
-
 from lift_jax.checkpoint.spec import ModelSpec
 from lift_jax.checkpoint.tables import Rule
 from lift_jax.models.cogvideox.vae import AutoencoderKLCogVideoX, CogVideoXVAEConfig
@@ -97,16 +95,7 @@ SPEC = ModelSpec(
     weights_name="diffusion_pytorch_model")
 KIND = SPEC.kind
 
-
-def load_vae(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
-             mesh: Mesh | None = None, progress: bool = False) -> AutoencoderKLCogVideoX:
-  """Loads the CogVideoX VAE from a diffusers `vae/` folder (or pipeline root) or a converted
-  checkpoint. `dtype` is the compute dtype; parameters are stored in `param_dtype` (default `dtype`).
-  With a `mesh`, each parameter goes straight onto its shards.
-  """
-  return SPEC.load(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, progress=progress)
-
-
+load_vae = SPEC.load  # (path, *, dtype, param_dtype, mesh, progress)
 # Converted checkpoint (kind "cogvideox-vae") out, diffusers `vae/` folder out, config only.
 save_vae = SPEC.save
 export_vae = SPEC.export

@@ -13,7 +13,6 @@ import dataclasses
 import glob
 import os
 import warnings
-from typing import Any
 
 from flax import nnx
 from jax.sharding import Mesh

@@ -18,8 +18,6 @@ import os
 import re
 
 import numpy as np
-from jax.sharding import Mesh
-
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
 from lift_jax.checkpoint.spec import ModelSpec
 from lift_jax.checkpoint.tables import Rule, identity, linear
@@ -166,18 +164,7 @@ SPEC = ModelSpec(
     ignore=IGNORED, tensors=weights, vila_root=True)
 KIND = SPEC.kind
 
-
-def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
-         mesh: Mesh | None = None, remat: str = "none", attention_impl: str = "auto",
-         progress: bool = False) -> InternVisionModel:
-  """Loads an InternViT tower from an original/transformers folder, a VILA root (its
-  `vision_tower/`) or a converted checkpoint. `dtype` is the compute dtype; parameters are stored
-  in `param_dtype` (default: `dtype`). With a `mesh`, each parameter goes straight onto its shards.
-  """
-  return SPEC.load(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=remat,
-                   attention_impl=attention_impl, progress=progress)
-
-
+load = SPEC.load  # (path, *, dtype, param_dtype, mesh, remat, attention_impl, progress)
 save = SPEC.save  # a converted checkpoint that `load` reads back
 export = SPEC.export  # the original (trust_remote_code) layout
 vision_config = SPEC.config

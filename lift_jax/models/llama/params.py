@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-from jax.sharding import Mesh
-
 from lift_jax.checkpoint.spec import ModelSpec
 from lift_jax.checkpoint.tables import Rule, identity, linear
 from lift_jax.models.llama.modeling import LlamaConfig, LlamaForCausalLM
@@ -68,18 +66,7 @@ SPEC = ModelSpec(
     dump=LlamaConfig.to_hf_config, ignore=ignored_keys, vila_root=True)
 KIND = SPEC.kind
 
-
-def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
-         mesh: Mesh | None = None, remat: str = "none", attention_impl: str = "auto",
-         progress: bool = False) -> LlamaForCausalLM:
-  """Loads a Llama-family causal LM from a transformers folder, a VILA root (its `llm/`) or a
-  converted checkpoint. `dtype` is the compute dtype; parameters are stored in `param_dtype`
-  (default: `dtype`). With a `mesh`, each parameter is placed directly onto its shards.
-  """
-  return SPEC.load(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=remat,
-                   attention_impl=attention_impl, progress=progress)
-
-
+load = SPEC.load  # (path, *, dtype, param_dtype, mesh, remat, attention_impl, progress)
 # Converted checkpoint out; transformers `LlamaForCausalLM` folder out (VILA's `llm/` layout);
 # config only.
 save = SPEC.save

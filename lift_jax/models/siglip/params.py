@@ -9,8 +9,6 @@ folder works too, its text tower, logit scale and the vision attention-pool head
 
 from __future__ import annotations
 
-from jax.sharding import Mesh
-
 from lift_jax.checkpoint.safetensors import WeightFolder
 from lift_jax.checkpoint.spec import ModelSpec
 from lift_jax.checkpoint.tables import Rule, identity, linear
@@ -67,18 +65,7 @@ SPEC = ModelSpec(
     ignore=IGNORED, tensors=weights, vila_root=True)
 KIND = SPEC.kind
 
-
-def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
-         mesh: Mesh | None = None, remat: str = "none", attention_impl: str = "auto",
-         progress: bool = False) -> SiglipVisionModel:
-  """Loads a SigLIP vision tower from a transformers folder, a VILA root (its `vision_tower/`) or
-  a converted checkpoint. `dtype` is the compute dtype; parameters are stored in `param_dtype`
-  (default: `dtype`). With a `mesh`, each parameter is placed directly onto its shards.
-  """
-  return SPEC.load(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=remat,
-                   attention_impl=attention_impl, progress=progress)
-
-
+load = SPEC.load  # (path, *, dtype, param_dtype, mesh, remat, attention_impl, progress)
 def export(model: SiglipVisionModel, dst: str, *, prefix: str = PREFIX, **kwargs) -> str:
   """Writes a transformers `SiglipVisionModel` folder (config.json + model safetensors), keys with
   the `vision_model.` prefix that VILA's `vision_tower/` (transformers 4.x) holds; transformers 5

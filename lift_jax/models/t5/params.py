@@ -10,8 +10,6 @@ transformers layout back (`T5EncoderModel.from_pretrained` reads it).
 
 from __future__ import annotations
 
-from jax.sharding import Mesh
-
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
 from lift_jax.checkpoint.spec import ModelSpec
 from lift_jax.checkpoint.tables import Rule, identity, linear
@@ -97,19 +95,7 @@ SPEC = ModelSpec(
     dump=T5Config.to_hf_config, ignore=IGNORED, tensors=lambda f: TiedWeights(WeightFolder(f)))
 KIND = SPEC.kind
 
-
-def load_encoder(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
-                 mesh: Mesh | None = None, remat: str = "none", attention_impl: str = "auto",
-                 progress: bool = False) -> T5Encoder:
-  """Loads a T5 encoder from a transformers folder (or pipeline root) or a converted checkpoint.
-
-  `dtype` is the compute dtype; parameters are stored in `param_dtype` (default: `dtype`). With a
-  `mesh`, each parameter is placed directly onto its shards.
-  """
-  return SPEC.load(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=remat,
-                   attention_impl=attention_impl, progress=progress)
-
-
+load_encoder = SPEC.load  # (path, *, dtype, param_dtype, mesh, remat, attention_impl, progress)
 # Converted checkpoint out; transformers `T5EncoderModel` folder out (the tied embedding stored
 # once, as `shared.weight`); config only.
 save_encoder = SPEC.save
