@@ -4,6 +4,9 @@ stride-p patch split that feeds the patch projection (a Conv2d as a matmul)."""
 from __future__ import annotations
 
 import jax
+from flax import nnx
+
+from lift_jax.layers.linear import Dense
 
 
 class PatchGeometry:
@@ -47,3 +50,10 @@ def patchify(pixel_values: jax.Array, patch: int, channels: int,
   x = pixel_values[:, :, :gh * patch, :gw * patch].astype(dtype)
   x = x.reshape(b, c, gh, patch, gw, patch).transpose(0, 2, 4, 1, 3, 5)
   return x.reshape(b, gh * gw, c, patch, patch), (gh, gw)
+
+
+def patch_projection(cfg: PatchGeometry, *, rngs: nnx.Rngs) -> Dense:
+  """The stride-p Conv2d of a tower config as a matmul over (c, ph, pw) patch features."""
+  p, c = cfg.patch_size, cfg.num_channels
+  return Dense((c, p, p), cfg.hidden_size, axes=(None, None, None, "embed"), rngs=rngs,
+               **cfg.dtypes)

@@ -499,36 +499,33 @@ class AutoencoderKLCogVideoX(nnx.Module):
     step = lambda chunk, cache: run_chunk(graphdef, state, chunk, cache)
     return lambda v: run_in_chunks(step, v, frames_per_chunk, scan=False)
 
+  def _run(self, x: jax.Array, part: nnx.Module, frames_per_chunk: int, traced: bool,
+           tile_in: tuple[int, int], tile_out: tuple[int, int]) -> jax.Array:
+    """`part` over `x` [B,T,H,W,C] in frame chunks, and in diffusers' blended spatial tiles when
+    tiling is on and `x` is larger than `tile_in` (`tile_out`: the same tile on the output side)."""
+    run = self._runner(part, frames_per_chunk, traced)
+    h, w = x.shape[2:4]
+    if not self.use_tiling or (w <= tile_in[1] and h <= tile_in[0]):
+      return run(x)
+    fh, fw = self.tile_overlap_factor_height, self.tile_overlap_factor_width
+    bh, bw = int(tile_out[0] * fh), int(tile_out[1] * fw)
+    return run_in_tiles(run, x, tile_in, (int(tile_in[0] * (1 - fh)), int(tile_in[1] * (1 - fw))),
+                        (bh, bw), (tile_out[0] - bh, tile_out[1] - bw), stack=traced)
+
   def _encode(self, video: jax.Array, traced: bool) -> tuple[jax.Array, jax.Array]:
     x = jnp.asarray(video).astype(jnp.dtype(self.config.dtype)).transpose(0, 2, 3, 4, 1)
-    h, w = x.shape[2:4]
-    run = self._runner(self.encoder, self.num_sample_frames_batch_size, traced)
-    if self.use_tiling and (w > self.tile_sample_min_width or h > self.tile_sample_min_height):
-      th, tw = self.tile_sample_min_height, self.tile_sample_min_width
-      lh, lw = self.tile_latent_min_height, self.tile_latent_min_width
-      fh, fw = self.tile_overlap_factor_height, self.tile_overlap_factor_width
-      bh, bw = int(lh * fh), int(lw * fw)
-      moments = run_in_tiles(run, x, (th, tw), (int(th * (1 - fh)), int(tw * (1 - fw))),
-                             (bh, bw), (lh - bh, lw - bw), stack=traced)
-    else:
-      moments = run(x)
+    sample = (self.tile_sample_min_height, self.tile_sample_min_width)
+    latent = (self.tile_latent_min_height, self.tile_latent_min_width)
+    moments = self._run(x, self.encoder, self.num_sample_frames_batch_size, traced, sample, latent)
     mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
     logvar = jnp.clip(logvar, -30.0, 20.0)
     return mean.transpose(0, 4, 1, 2, 3), logvar.transpose(0, 4, 1, 2, 3)
 
   def _decode(self, z: jax.Array, traced: bool) -> jax.Array:
     x = jnp.asarray(z).astype(jnp.dtype(self.config.dtype)).transpose(0, 2, 3, 4, 1)
-    h, w = x.shape[2:4]
-    run = self._runner(self.decoder, self.num_latent_frames_batch_size, traced)
-    if self.use_tiling and (w > self.tile_latent_min_width or h > self.tile_latent_min_height):
-      th, tw = self.tile_sample_min_height, self.tile_sample_min_width
-      lh, lw = self.tile_latent_min_height, self.tile_latent_min_width
-      fh, fw = self.tile_overlap_factor_height, self.tile_overlap_factor_width
-      bh, bw = int(th * fh), int(tw * fw)
-      video = run_in_tiles(run, x, (lh, lw), (int(lh * (1 - fh)), int(lw * (1 - fw))),
-                           (bh, bw), (th - bh, tw - bw), stack=traced)
-    else:
-      video = run(x)
+    sample = (self.tile_sample_min_height, self.tile_sample_min_width)
+    latent = (self.tile_latent_min_height, self.tile_latent_min_width)
+    video = self._run(x, self.decoder, self.num_latent_frames_batch_size, traced, latent, sample)
     return video.astype(jnp.float32).transpose(0, 4, 1, 2, 3)
 
 

@@ -200,11 +200,8 @@ class InternVisionModel(nnx.Module):
   def __init__(self, cfg: InternVisionConfig, *, rngs: nnx.Rngs):
     cfg.validate()
     self.config = cfg
-    d, p, c = cfg.hidden_size, cfg.patch_size, cfg.num_channels
-    dt = cfg.dtypes
-    # The 14x14 stride-14 Conv2d as a matmul over (c, ph, pw) patch features.
-    self.patch_embedding = layers.Dense((c, p, p), d, axes=(None, None, None, "embed"), rngs=rngs,
-                                        **dt)
+    d, dt = cfg.hidden_size, cfg.dtypes
+    self.patch_embedding = layers.patch_projection(cfg, rngs=rngs)
     self.class_embedding = layers.param(
         jax.random.normal(rngs.params(), (d,), dt["param_dtype"]), ("embed",))
     self.position_embedding = layers.param(

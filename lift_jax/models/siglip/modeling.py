@@ -127,11 +127,8 @@ class SiglipVisionModel(nnx.Module):
   def __init__(self, cfg: SiglipVisionConfig, *, rngs: nnx.Rngs):
     cfg.validate()
     self.config = cfg
-    d, p, c = cfg.hidden_size, cfg.patch_size, cfg.num_channels
-    dt = cfg.dtypes
-    # The 14x14 stride-14 Conv2d as a matmul over (c, ph, pw) patch features.
-    self.patch_embedding = layers.Dense((c, p, p), d, axes=(None, None, None, "embed"), rngs=rngs,
-                                        **dt)
+    d, dt = cfg.hidden_size, cfg.dtypes
+    self.patch_embedding = layers.patch_projection(cfg, rngs=rngs)
     self.position_embedding = layers.param(
         jax.random.normal(rngs.params(), (cfg.num_patches, d), dt["param_dtype"]) * d ** -0.5,
         (None, "embed"))
