@@ -8,7 +8,7 @@ with the videos unpacked beside it (TFDS's "manual directory"):
                      {"from": "gpt", "value": "<Label>. <reason>"}]}     # Label: Good/Normal/Bad
 
 One entry per (video, dimension); the dimension is recognised from the question (one of the three
-critic questions, `models.critic.prompts.QUESTIONS`). The VIDGEN real-video add-on
+critic questions, `models.critic.vocabulary.QUESTIONS`). The VIDGEN real-video add-on
 (`VIDGEN/vidgen-data.json`, every answer "Good. There are no obvious problems.") has the same format
 and goes to the train split by default, as in LiFT's `LiFT-HRA+vidgen` mixture.
 
@@ -53,37 +53,29 @@ import numpy as np
 
 from lift_jax.data import generated
 from lift_jax.data import video as video_lib
+from lift_jax.models.critic import vocabulary
+from lift_jax.models.critic.vocabulary import LABELS, NUM_FRAMES, QUESTIONS
 
 log = logging.getLogger(__name__)
 
 NAME = "lift_hra"
 SPLITS = ("train", "test")
-LABELS = ("Good", "Normal", "Bad")
 REPORT_FILE = "hra_report.json"
 # Per split, [video_id, dimension, user_text, answer] of every written example: lets a trainer size
 # its token buffers without reading (and decoding) the frames.
 TEXTS_FILE = "texts.json"
-NUM_FRAMES = 8
 # The names the HF releases and LiFT's datasets_mixture.py use, tried in this order.
 HRA_JSON_NAMES = ("LiFT-HRA-data.json", "LiFT-HRA-data-10k.json", "LiFT-HRA-data-20k.json")
 VIDGEN_JSON_NAME = "vidgen-data.json"
 
-_LABEL = re.compile(r"^[\s*_\"'`]*(good|normal|bad)(?![A-Za-z0-9])[\s*_\"'`]*[.:;,!\-]?\s*",
-                    re.IGNORECASE)
 # "Please identify the <phrase> issues in this video": a fallback when the question text differs.
 _QUESTION = re.compile(r"Please identify the ([a-z ]+?) issues in this video", re.IGNORECASE)
 _PHRASES = {"semantic consistency": "semantic consistency", "fidelity": "fidelity issues",
             "motion": "motion issues"}
 
 
-def _questions() -> dict[str, str]:
-  # Lazy: the prompts live with the critic, whose package imports JAX.
-  from lift_jax.models.critic.prompts import QUESTIONS
-  return QUESTIONS
-
-
 def dimension_keys() -> tuple[str, ...]:
-  return tuple(_questions())
+  return vocabulary.QUESTION_KEYS
 
 
 # ----------------------------------------------------------------------------- entries
@@ -128,10 +120,10 @@ class HraEntry:
 
 def parse_answer(answer: str) -> tuple[str, str]:
   """`"Good. No obvious problem."` -> ("Good", "No obvious problem."); EntryError if no label."""
-  m = _LABEL.match(answer)
-  if m is None:
+  label, reason = vocabulary.split_answer(answer)
+  if label is None:
     raise EntryError(f"answer does not start with Good/Normal/Bad: {answer[:80]!r}")
-  return m.group(1).capitalize(), answer[m.end():].strip()
+  return label, reason
 
 
 def strip_media_tokens(text: str) -> str:
@@ -149,7 +141,7 @@ def recognise_question(user_text: str) -> tuple[str, str]:
   video" names the dimension and the caption is what precedes it.
   """
   text = user_text.rstrip()
-  for key, question in _questions().items():
+  for key, question in QUESTIONS.items():
     q = question.strip()
     at = text.find(q)
     if at >= 0:
@@ -303,7 +295,7 @@ def load_frames(path: str, *, height: int, width: int, num_frames: int = NUM_FRA
   """(frames uint8 [num_frames,height,width,3], indices, frame count) of one video, as the critic
   samples them (linspace over the decoded frame count). VideoReadError when unreadable."""
   n = video_lib.count_frames(path)
-  idx = video_lib.sample_frame_indices(n, num_frames)
+  idx = vocabulary.sample_frame_indices(n, num_frames)
   frames = video_lib.read_video(path, idx)
   return resize_frames_pil(frames, height, width, resample), idx.astype(np.int32), n
 
