@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -42,6 +43,7 @@ SECTIONS = (
     ("generate_5b_torch", "torch", 60),
 )
 SMALL_CAP = 60           # per section with --small
+QUIET_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 SMALL_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 MIN_START = {False: 25, True: 3}  # seconds a section needs left to be worth starting
 # (ours, theirs, key path to a median in ms) for the ratios in the summary.
@@ -106,7 +108,15 @@ def run_sections(names: list[str], plan_path: str, part_dir: str) -> int:
         module.setup()
       else:
         import suite_torch as module
-      module.SECTIONS[name](rec, plan)
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+          module.SECTIONS[name](rec, plan)
+        finally:  # e.g. an attention kernel falling back: worth seeing beside the figures
+          messages = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught
+                                        if not issubclass(w.category, QUIET_WARNINGS)))
+          if messages:
+            rec.results["warnings"] = [m[:500] for m in messages[:10]]
       rec.status = "ok"
       rec.put("forbidden_imports", forbidden_modules(sys.modules))
     except Exception as err:  # recorded; the parent reports it

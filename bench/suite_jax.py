@@ -85,12 +85,21 @@ def _transformer_config(plan, name: str, **runtime_fields) -> cogvideox.CogVideo
 # ----------------------------------------------------------------------------- environment
 
 
-def _cudnn_version() -> int | None:
+def _cudnn_version() -> str | None:
+  """The cuDNN JAX loaded (a private accessor), else the installed cuDNN wheel's version."""
   try:
-    from jax._src.lib import cuda_versions  # private: there is no public accessor
-    return cuda_versions.cudnn_get_version() if cuda_versions else None
+    from jax._src.lib import cuda_versions
+    if cuda_versions is not None:
+      return str(cuda_versions.cudnn_get_version())
   except Exception:
-    return None
+    pass
+  import importlib.metadata
+  for dist in ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12"):
+    try:
+      return f"{importlib.metadata.version(dist)} ({dist})"
+    except importlib.metadata.PackageNotFoundError:
+      continue
+  return None
 
 
 def section_env(rec, plan) -> None:
@@ -249,8 +258,8 @@ def _generate(rec, plan, name: str) -> None:
   start = time.perf_counter()
   model = _random_module(lambda: cogvideox.CogVideoXTransformer3D(cfg, rngs=nnx.Rngs(0)))
   rec.put("setup", {"model": name, "latents_FCHW": [f, c, h, w], "text_len": s,
-                    "cfg_batch": 2, "sampler": "ddim", "steps_per_call": steps,
-                    "dtype": dtype.name, "attention_impl": layers.resolve_impl(cfg.attention_impl, dtype),
+                    "cfg_batch": 2, "sampler": "ddim", "steps_per_call": steps, "dtype": dtype.name,
+                    "attention_impl": layers.resolve_impl(cfg.attention_impl, dtype),
                     "init_s": time.perf_counter() - start})
   latents = _normal(0, (1, f, c, h, w), dtype)
   cond = _normal(1, (1, s, cfg.text_embed_dim), dtype)
