@@ -20,7 +20,7 @@ def _suite_module():
 def test_small_suite_runs_every_section(tmp_path):
   out = tmp_path / "suite"
   proc = subprocess.run([sys.executable, SUITE, "--small", "--out", str(out)], cwd=ROOT,
-                        capture_output=True, text=True, timeout=400)
+                        capture_output=True, text=True, timeout=900)
   log = (out / "log.txt").read_text() if (out / "log.txt").exists() else ""
   assert proc.returncode == 0, proc.stdout + proc.stderr + log[-3000:]
   report = json.loads((out / "results.json").read_text())
