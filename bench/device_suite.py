@@ -163,6 +163,25 @@ def _ratios(sections: dict) -> dict:
   return out
 
 
+def _headline(results: dict) -> str:
+  """The figures worth seeing in the command's output (all of them are in results.json)."""
+  out = []
+  if "matmul_bf16" in results:
+    out.append(f"matmul {results['matmul_bf16']['tflops']:.0f} TFLOP/s")
+  for key, value in results.items():
+    if isinstance(value, dict) and "forward_backward" in value:
+      out.append(f"{key}: fwd {value['forward']['median_ms']:.1f} ms, fwd+bwd "
+                 f"{value['forward_backward']['median_ms']:.1f} ms")
+  for key in ("step", "denoising_step", "decode"):
+    if key in results:
+      r = results[key]
+      mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
+      out.append(f"{key} {r['median_ms']:.1f} ms{mfu}")
+  if results.get("peak_memory_gib") is not None:
+    out.append(f"peak {results['peak_memory_gib']:.1f} GiB")
+  return "; ".join(out)
+
+
 def _groups(names: list[str], small: bool) -> list[list[str]]:
   """One process a section on the device (memory isolation, one cap each); with --small one
   process a framework, since starting torch and JAX costs more than the tiny sections."""
@@ -227,8 +246,9 @@ def run_suite(out_dir: str, small: bool, budget: float, only: list[str] | None) 
       for n in group:
         report["sections"][n] = {"framework": frameworks[n], "cap_s": round(cap), **entries[n]}
         entry = report["sections"][n]
-        print(f"{n:18s} {entry['status']:8s} {entry.get('wall_s', 0):7.1f}s"
-              + (f"  {entry['error'].splitlines()[0][:100]}" if entry.get("error") else ""),
+        detail = (entry["error"].splitlines()[0][:150] if entry.get("error")
+                  else _headline(entry.get("results") or {}))
+        print(f"{n:18s} {entry['status']:8s} {entry.get('wall_s', 0):7.1f}s  {detail}",
               flush=True)
       report["sections"] = {n: report["sections"][n] for n in names if n in report["sections"]}
       report["ratios"] = _ratios(report["sections"])
