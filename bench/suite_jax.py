@@ -13,9 +13,12 @@ import os
 import time
 import warnings
 
+import flax
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
+import optax
 from flax import nnx
 
 from lift_jax import layers, parallel, runtime
@@ -109,10 +112,6 @@ def _cudnn_version() -> str | None:
 
 
 def section_env(rec, plan) -> None:
-  import flax
-  import jaxlib
-  import optax
-
   dev = _device()
   rec.put("versions", {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
                        "flax": flax.__version__, "optax": optax.__version__,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 
+import diffusers
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
@@ -63,7 +64,6 @@ def _dtype(plan) -> torch.dtype:
 
 
 def _environment() -> dict:
-  import diffusers
   return {"torch": torch.__version__, "diffusers": diffusers.__version__, "device": DEVICE,
           "device_name": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"}
 

@@ -30,6 +30,8 @@ import dataclasses
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
+
 # Forward parts of one transformer block, the unit a remat policy recomputes.
 BLOCK_PARTS = ("modulation", "qkv", "attention", "attn_out", "mlp")
 # Which block parts each remat policy (`layers.stack.REMAT_POLICIES`) recomputes in the backward:
@@ -184,12 +186,6 @@ def report(flops: StepFlops, seconds_per_step: float, num_devices: int,
 # ----------------------------------------------------------------------------- wall clock
 
 
-def _block(result: Any) -> None:
-  if result is not None:
-    import jax  # local: the FLOP formulas above need no JAX
-    jax.block_until_ready(result)
-
-
 class StepTimer:
   """Wall-clock seconds per step between logged steps.
 
@@ -203,7 +199,8 @@ class StepTimer:
     self._last: tuple[int, float] | None = None
 
   def lap(self, step: int, result: Any = None) -> float | None:
-    _block(result)
+    if result is not None:
+      jax.block_until_ready(result)
     now = self._clock()
     previous, self._last = self._last, (int(step), now)
     if previous is None:
