@@ -32,11 +32,11 @@ ROOT = os.path.dirname(BENCH)
 SECTIONS = (
     ("env", "jax", 60),
     ("attention", "jax", 75),
-    ("train", "jax", 150),
+    ("train", "jax", 200),
     ("train_torch", "torch", 90),
     ("generate", "jax", 90),
     ("generate_torch", "torch", 60),
-    ("vae", "jax", 90),
+    ("vae", "jax", 150),
     ("vae_torch", "torch", 60),
     ("train_batch2", "jax", 120),
     ("generate_5b", "jax", 100),
