@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -212,48 +213,51 @@ def run_suite(out_dir: str, small: bool, budget: float, only: list[str] | None) 
   os.makedirs(out_dir, exist_ok=True)
   results_path, log_path = os.path.join(out_dir, "results.json"), os.path.join(out_dir, "log.txt")
   work = tempfile.mkdtemp(prefix="device_suite_")
-  plan = make_plan(small)
-  plan_path = os.path.join(work, "plan.json")
-  _write(plan_path, plan)
-  caps = {n: (SMALL_CAP if small else c) for n, _, c in SECTIONS}
-  frameworks = {n: f for n, f, _ in SECTIONS}
-  names = [n for n, _, _ in SECTIONS if not only or n in only]
-  start = time.perf_counter()
-  report = {"suite": {"small": small, "budget_s": budget,
-                      "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                      "shapes": plan["shapes"], "dtype": plan["dtype"]},
-            "sections": {}, "ratios": {}}
-  with open(log_path, "a") as log:
-    for group in _groups(names, small):
-      left = budget - (time.perf_counter() - start)
-      cap = min(sum(caps[n] for n in group), left)
-      if left < MIN_START[small]:
-        entries = {n: {"status": "skipped", "error": f"time budget: {left:.0f}s of "
-                                                     f"{budget:.0f}s left"} for n in group}
-      else:
-        log.write(f"\n===== {', '.join(group)} (cap {cap:.0f}s)\n")
-        log.flush()
-        try:
-          proc = subprocess.run(
-              [sys.executable, os.path.abspath(__file__), "--section", ",".join(group),
-               "--plan", plan_path, "--part-dir", work], stdout=log, stderr=subprocess.STDOUT,
-              env=_child_env(frameworks[group[0]], work, small), timeout=cap, cwd=ROOT)
-          group_status = "finished" if proc.returncode in (0, 1) else f"exited {proc.returncode}"
-        except subprocess.TimeoutExpired:
-          group_status = "timeout"
-        entries = {n: _collect(n, os.path.join(work, f"{n}.json"), group_status, cap)
-                   for n in group}
-      for n in group:
-        report["sections"][n] = {"framework": frameworks[n], "cap_s": round(cap), **entries[n]}
-        entry = report["sections"][n]
-        detail = (entry["error"].splitlines()[0][:150] if entry.get("error")
-                  else _headline(entry.get("results") or {}))
-        print(f"{n:18s} {entry['status']:8s} {entry.get('wall_s', 0):7.1f}s  {detail}",
-              flush=True)
-      report["sections"] = {n: report["sections"][n] for n in names if n in report["sections"]}
-      report["ratios"] = _ratios(report["sections"])
-      report["suite"]["elapsed_s"] = round(time.perf_counter() - start, 2)
-      _write(results_path, report)
+  try:  # the plan, the sections' partial files and the compilation cache
+    plan = make_plan(small)
+    plan_path = os.path.join(work, "plan.json")
+    _write(plan_path, plan)
+    caps = {n: (SMALL_CAP if small else c) for n, _, c in SECTIONS}
+    frameworks = {n: f for n, f, _ in SECTIONS}
+    names = [n for n, _, _ in SECTIONS if not only or n in only]
+    start = time.perf_counter()
+    report = {"suite": {"small": small, "budget_s": budget,
+                        "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                        "shapes": plan["shapes"], "dtype": plan["dtype"]},
+              "sections": {}, "ratios": {}}
+    with open(log_path, "a") as log:
+      for group in _groups(names, small):
+        left = budget - (time.perf_counter() - start)
+        cap = min(sum(caps[n] for n in group), left)
+        if left < MIN_START[small]:
+          entries = {n: {"status": "skipped", "error": f"time budget: {left:.0f}s of "
+                                                       f"{budget:.0f}s left"} for n in group}
+        else:
+          log.write(f"\n===== {', '.join(group)} (cap {cap:.0f}s)\n")
+          log.flush()
+          try:
+            proc = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--section", ",".join(group),
+                 "--plan", plan_path, "--part-dir", work], stdout=log, stderr=subprocess.STDOUT,
+                env=_child_env(frameworks[group[0]], work, small), timeout=cap, cwd=ROOT)
+            group_status = "finished" if proc.returncode in (0, 1) else f"exited {proc.returncode}"
+          except subprocess.TimeoutExpired:
+            group_status = "timeout"
+          entries = {n: _collect(n, os.path.join(work, f"{n}.json"), group_status, cap)
+                     for n in group}
+        for n in group:
+          report["sections"][n] = {"framework": frameworks[n], "cap_s": round(cap), **entries[n]}
+          entry = report["sections"][n]
+          detail = (entry["error"].splitlines()[0][:150] if entry.get("error")
+                    else _headline(entry.get("results") or {}))
+          print(f"{n:18s} {entry['status']:8s} {entry.get('wall_s', 0):7.1f}s  {detail}",
+                flush=True)
+        report["sections"] = {n: report["sections"][n] for n in names if n in report["sections"]}
+        report["ratios"] = _ratios(report["sections"])
+        report["suite"]["elapsed_s"] = round(time.perf_counter() - start, 2)
+        _write(results_path, report)
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
   return report
 
 
