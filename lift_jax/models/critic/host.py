@@ -26,20 +26,14 @@ from lift_jax.models import llama as llama_lib
 from lift_jax.models.critic import prompts
 from lift_jax.models.critic.modeling import VilaConfig, VilaCritic
 from lift_jax.models.critic.params import load_critic, load_tokenizer
+from lift_jax.models.critic.vocabulary import sample_frame_indices
 
 # Sampling of LiFT's run_critic_*.py: temperature 0.2, no top_p, transformers' default top_k 50.
 LIFT_SAMPLING = dict(temperature=0.2, top_k=50, top_p=1.0, max_new_tokens=512)
 
 
-def sample_frame_indices(num_frames_in_video: int, num: int = prompts.NUM_FRAMES) -> np.ndarray:
-  """`np.linspace(0, n - 1, num, dtype=int)`, VILA's `opencv_extract_frames` (repeats when n < num)."""
-  if num_frames_in_video < 1:
-    raise ValueError("the video has no frames")
-  return np.linspace(0, num_frames_in_video - 1, num, dtype=int)
-
-
 def sample_frames(video: np.ndarray, num: int = prompts.NUM_FRAMES) -> np.ndarray:
-  """`[N,H,W,3]` uint8 RGB frames -> the `num` frames the critic sees."""
+  """`[N,H,W,3]` uint8 RGB frames -> the `num` frames the critic sees (`vocabulary`'s sampling)."""
   video = np.asarray(video)
   if video.ndim != 4 or video.shape[-1] != 3:
     raise ValueError(f"video must be [frames, H, W, 3] RGB, got {video.shape}")
