@@ -1,7 +1,8 @@
 """LiFT-Critic SFT samples: an HRA rating -> the token ids, image slots and answer targets the
 critic trains on, as VILA's `LazySupervisedDataset` + `preprocess_v1`/`preprocess_mpt` build them.
 
-The human turn with `<video>` removed (its leading space kept), 8 `<image>\\n` in front, the answer
+The human turn with `<video>` removed (its leading space kept), one `<image>\\n` per frame in front
+(8, or all n frames of a video shorter than that, as VILA's `frames_loaded`), the answer
 right-stripped; the template's prompt with the answer (`Template.prompt(message, answer)`, which
 ends with the stop string) is tokenized with `tokenize_prompt`. The loss mask is everything after
 the inference prompt (`Template.prompt(message)`, what the critic sees when asked): with a
@@ -99,7 +100,9 @@ def sequence_sizes(tokenizer, template, texts: Sequence[Sequence[str]], *, num_f
 class SftTransform:
   """HRA example -> padded training arrays (a class, so grain can pickle it into workers).
 
-  `frames` uint8 [F,H,W,3]; `token_ids`, `image_slots` (frame-relative; the step adds the row's
+  `frames` uint8 [F,H,W,3]: the example's n <= F frames, then zero rows that no image slot points
+  at (so examples of any n stack; the prompt holds n `<image>`s, as VILA trains a short video);
+  `token_ids`, `image_slots` (frame-relative; the step adds the row's
   offset), `attention_mask` [T] right-padded; `target_pos` [A] (the position whose logits predict
   each target) and `target_ids` [A] (-1 pads).
   """
@@ -113,22 +116,24 @@ class SftTransform:
 
   def __call__(self, ex: dict[str, Any]) -> dict[str, np.ndarray]:
     frames = np.asarray(ex["frames"])
-    if frames.shape != (self.num_frames,) + self.image_size + (3,):
+    f = len(frames)
+    if frames.shape[1:] != self.image_size + (3,) or not 1 <= f <= self.num_frames:
       raise ValueError(f"{text(ex['video_id'])}: frames {frames.shape} but the critic takes "
-                       f"{(self.num_frames,) + self.image_size + (3,)}; rebuild the HRA dataset "
-                       "with the critic's image size")
+                       f"1..{self.num_frames} frames of {self.image_size + (3,)}; rebuild the HRA "
+                       "dataset with the critic's image size")
     tok = encode_sft(self.tokenizer, self.template, text(ex["user_text"]), text(ex["answer"]),
-                     num_frames=self.num_frames)
+                     num_frames=f)
     ids, slots, labels = expand_images(tok, tokens_per_frame=self.tokens_per_frame)
     n, t, a = len(ids), self.max_length, self.max_targets
     pos = np.nonzero(labels != IGNORE_INDEX)[0]
     if n > t or len(pos) > a:
       raise ValueError(f"{text(ex['video_id'])} ({text(ex['dimension'])}): {n} tokens / "
                        f"{len(pos)} answer tokens exceed max_length={t} / max_targets={a}")
-    out = {"frames": frames,
+    out = {"frames": np.zeros((self.num_frames,) + frames.shape[1:], np.uint8),
            "token_ids": np.zeros(t, np.int32), "image_slots": np.full(t, -1, np.int32),
            "attention_mask": np.zeros(t, bool), "target_pos": np.zeros(a, np.int32),
            "target_ids": np.full(a, -1, np.int32)}
+    out["frames"][:f] = frames
     out["token_ids"][:n], out["image_slots"][:n], out["attention_mask"][:n] = ids, slots, True
     out["target_pos"][:len(pos)] = pos - 1
     out["target_ids"][:len(pos)] = labels[pos]

@@ -20,9 +20,10 @@ seeded). One example:
   dimension str (a QUESTIONS key), dimension_id int32 (its index), user_text str (the human turn
   as VILA trains on it: `<video>` removed, leading space kept, right-stripped), answer str (the gpt
   turn, right-stripped), label str (Good/Normal/Bad), label_id int32 (0/1/2), reason str,
-  frames uint8 [8, H, W, 3] (VILA's `np.linspace(0, n-1, 8, dtype=int)` frames, squashed to the
+  frames uint8 [n, H, W, 3] with n = min(8, video frames) (VILA's `np.linspace(0, N-1, 8,
+  dtype=int)` frames, or all N frames of a shorter video, as VILA trains on it; squashed to the
   critic processor's size with PIL bicubic: decoded once; only rescale/normalise remain),
-  frame_indices int32 [8], num_video_frames int32.
+  frame_indices int32 [n], num_frames int32 (n), num_video_frames int32 (N).
 
 `texts.json` beside the shards holds every example's texts (sizing token buffers without reading
 frames). Each video is decoded once, whatever the number of its entries. A malformed entry or an
@@ -289,8 +290,8 @@ def resize_frames_pil(frames: np.ndarray, height: int, width: int, resample: int
 
 def load_frames(path: str, *, height: int, width: int, num_frames: int = NUM_FRAMES,
                 resample: int = 3) -> tuple[np.ndarray, np.ndarray, int]:
-  """(frames uint8 [num_frames,height,width,3], indices, frame count) of one video, as the critic
-  samples them (linspace over the decoded frame count). VideoReadError when unreadable."""
+  """(frames uint8 [n,height,width,3], indices, frame count N) of one video, as the critic samples
+  them (n = min(N, num_frames), `sample_frame_indices`). VideoReadError when unreadable."""
   n = video_lib.count_frames(path)
   idx = vocabulary.sample_frame_indices(n, num_frames)
   frames = video_lib.read_video(path, idx)
@@ -309,9 +310,12 @@ def features(num_frames: int, height: int, width: int):
       "video_id": text(), "source": text(), "caption": text(), "dimension": text(),
       "dimension_id": tfds.features.Scalar(np.int32), "user_text": text(), "answer": text(),
       "label": text(), "label_id": tfds.features.Scalar(np.int32), "reason": text(),
-      "frames": tfds.features.Tensor(shape=(num_frames, height, width, 3), dtype=np.uint8,
+      # Up to `num_frames` frames: a shorter video keeps its own count (VILA does not pad).
+      "frames": tfds.features.Tensor(shape=(None, height, width, 3), dtype=np.uint8,
                                      encoding=tfds.features.Encoding.BYTES),
-      "frame_indices": tfds.features.Tensor(shape=(num_frames,), dtype=np.int32),
+      "frame_indices": tfds.features.Tensor(shape=(None,), dtype=np.int32,
+                                            encoding=tfds.features.Encoding.BYTES),
+      "num_frames": tfds.features.Scalar(np.int32),
       "num_video_frames": tfds.features.Scalar(np.int32),
   })
 
@@ -385,7 +389,8 @@ def _examples(entries: Sequence[HraEntry], roots: dict[str, str], *, num_frames:
             "dimension": e.dimension, "dimension_id": np.int32(dims.index(e.dimension)),
             "user_text": e.user_text, "answer": e.answer, "label": e.label,
             "label_id": np.int32(LABELS.index(e.label)), "reason": e.reason, "frames": frames,
-            "frame_indices": idx, "num_video_frames": np.int32(n)}
+            "frame_indices": idx, "num_frames": np.int32(len(frames)),
+            "num_video_frames": np.int32(n)}
 
 
 def build_hra(out_dir: str, *, manual_dir: str | None = None,

@@ -15,6 +15,7 @@ CAPTIONS = ["A panda eats bamboo in the snow.", "Two horses run across a wet bea
             "A waiter in a black suit nods politely.", "A red car drives through a tunnel.",
             "An eagle lands on a rock by the sea.", "A chef stirs a pot of soup."]
 LABEL_OF = ["Good", "Normal", "Bad"]
+SHORT = 5  # frames of video hra_5: fewer than the critic's 8
 
 
 def video_frames(i: int, n: int = 10, h: int = 24, w: int = 32) -> np.ndarray:
@@ -41,14 +42,15 @@ def label_for(i: int, d: int) -> str:
 def make_release(root, n_videos: int = 6, *, broken: bool = True, vidgen: int = 2) -> dict:
   """Writes `root/LiFT-HRA/{LiFT-HRA-data.json, videos/}` and `root/VIDGEN/...` like the release.
 
-  Every good video has all three dimensions; `broken` adds malformed entries, a corrupt and a
-  missing video. Returns what was written (for hand counts).
+  Every good video has all three dimensions; video 5 has only 5 frames (shown as 5, as VILA);
+  `broken` adds malformed entries, a corrupt and a missing video. Returns what was written (for
+  hand counts).
   """
   hra_dir, vid_dir = root / "LiFT-HRA", root / "VIDGEN"
   entries, expected = [], []
   for i in range(n_videos):
     rel = f"videos/hra_{i}.mp4"
-    video.write_video(str(hra_dir / rel), video_frames(i))
+    video.write_video(str(hra_dir / rel), video_frames(i, n=SHORT if i == 5 else 10))
     for d, dim in enumerate(DIMS):
       label = label_for(i, d)
       answer = f"{label}. Reason {i}-{d}: the {dim} looks {label.lower()}."
@@ -172,7 +174,9 @@ def test_fields_and_frames_match_the_critics_sampling(built):
       assert int(ex["label_id"]) == hra.LABELS.index(e["label"])
       assert int(ex["dimension_id"]) == DIMS.index(e["dimension"])
       assert hra.text(ex["answer"]).startswith(e["label"] + ". ")
-      assert ex["frames"].shape == (8, 28, 28, 3) and ex["frames"].dtype == np.uint8
+      n = SHORT if hra.text(ex["video_id"]) == "videos/hra_5.mp4" else 8
+      assert ex["frames"].shape == (n, 28, 28, 3) and ex["frames"].dtype == np.uint8
+      assert int(ex["num_frames"]) == n and ex["frame_indices"].shape == (n,)
   assert seen == set(want)
   # Frames: linspace over the decoded count, PIL-squashed to the processor size.
   ex = next(ds["train"][i] for i in range(len(ds["train"]))
@@ -183,6 +187,16 @@ def test_fields_and_frames_match_the_critics_sampling(built):
   np.testing.assert_array_equal(ex["frame_indices"], idx)
   assert int(ex["num_video_frames"]) == 12
   np.testing.assert_array_equal(ex["frames"], hra.resize_frames_pil(full[idx], 28, 28))
+  # A video shorter than 8 frames keeps all its frames, none repeated (VILA's frames_loaded).
+  short = [ds[s][i] for s in hra.SPLITS for i in range(len(ds[s]))
+           if hra.text(ds[s][i]["video_id"]) == "videos/hra_5.mp4"]
+  assert len(short) == 3
+  full = video.read_video(str(built["root"] / "LiFT-HRA" / "videos" / "hra_5.mp4"))
+  assert len(full) == SHORT
+  for ex in short:
+    np.testing.assert_array_equal(ex["frame_indices"], np.arange(SHORT))
+    assert int(ex["num_video_frames"]) == SHORT
+    np.testing.assert_array_equal(ex["frames"], hra.resize_frames_pil(full, 28, 28))
   # Decoded once per video (2 unreadable ones tried once too), not once per entry.
   assert len(built["calls"]) == info["n_videos"] + 2 + 2
   assert len(set(built["calls"])) == len(built["calls"])

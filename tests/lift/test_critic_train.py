@@ -24,7 +24,7 @@ from lift_jax.lift import critic_train as ct
 from lift_jax.lift import lora_adapters as la
 from lift_jax.models import critic
 from lift_jax.models.critic import prompts
-from tests.data.test_hra import CAPTIONS, make_release
+from tests.data.test_hra import CAPTIONS, SHORT, make_release
 from tests.models.test_critic import Projector, write_vila_folder
 from tests.models.test_llama import SPECIALS
 from tests.reference import rel_err
@@ -158,14 +158,26 @@ def test_sample_is_the_vicuna_v1_string_and_only_the_answer_counts(setup):
 
 def test_answer_logits_are_the_full_forward_at_the_answer(setup):
   model = fresh(setup)
-  b = batch_of(setup, [0, 1])
+  splits = setup["splits"]["train"]
+  short = next(i for i in range(len(splits))
+               if hra.text(splits[i]["video_id"]) == "videos/hra_5.mp4")
+  b = batch_of(setup, [0, short])
   got = np.asarray(nnx.jit(ct.answer_logits)(model, {k: jnp.asarray(v) for k, v in b.items()}))
   px = np.stack([model.config.image(f) for f in b["frames"]])
   slots = np.where(b["image_slots"] >= 0, b["image_slots"] + np.arange(2)[:, None] * 8, -1)
   args = [jnp.asarray(x) for x in (px, b["token_ids"], slots, b["attention_mask"])]
-  full = np.asarray(nnx.jit(lambda m, *a: m(*a))(model, *args))
+  fwd = nnx.jit(lambda m, *a: m(*a))
+  full = np.asarray(fwd(model, *args))
   want = np.take_along_axis(full, b["target_pos"][..., None], axis=1)
   assert rel_err(got, want) <= 1e-5
+  # The 5-frame video trains as VILA's: 5 <image>s, its 5 frames' features; the batch buffer's
+  # zero rows are never read, so it scores as a forward on exactly its 5 frames alone.
+  p = model.config.tokens_per_frame
+  assert (b["image_slots"][1] >= 0).sum() == SHORT * p and not b["frames"][1, SHORT:].any()
+  alone = [jnp.asarray(x[1:2]) for x in (b["token_ids"], b["image_slots"], b["attention_mask"])]
+  one = np.asarray(fwd(model, jnp.asarray(px[1:2, :SHORT]), *alone))
+  k = int((b["target_ids"][1] >= 0).sum())
+  assert rel_err(got[1, :k], one[0, b["target_pos"][1, :k]]) <= 1e-5
 
 
 # ----------------------------------------------------------------------------- training

@@ -212,7 +212,9 @@ def test_tokenize_prompt_is_vilas_tokenizer_image_token():
 
 def test_frame_sampling_is_linspace():
   np.testing.assert_array_equal(critic.sample_frame_indices(49), [0, 6, 13, 20, 27, 34, 41, 48])
-  np.testing.assert_array_equal(critic.sample_frame_indices(5), [0, 0, 1, 1, 2, 2, 3, 4])
+  # A video shorter than 8 frames is shown as all its frames, as VILA does (no padding).
+  np.testing.assert_array_equal(critic.sample_frame_indices(5), [0, 1, 2, 3, 4])
+  assert critic.sample_frames(np.zeros((5, 4, 4, 3), np.uint8)).shape == (5, 4, 4, 3)
 
 
 # ----------------------------------------------------------------------------- projector
@@ -238,7 +240,8 @@ def test_whole_assembly_matches_torch_reference(ref):
   questions = ["semantic consistency", "motion issues"]
   b = c.batch(CAPTIONS, questions)
   assert b.attention_mask[:, -1].all() and not b.attention_mask[:, 0].all()  # left padded
-  px = c._pixels(ref["videos"])
+  px, counts = c._pixels(ref["videos"])
+  assert counts == [FRAMES, FRAMES]
   want_px = np.stack([ref["critic"].config.image(critic.sample_frames(v)) for v in ref["videos"]])
   np.testing.assert_array_equal(px, want_px)
 
@@ -257,9 +260,45 @@ def test_whole_assembly_matches_torch_reference(ref):
   assert rel_err(first, logits[:, -1]) <= 1e-6
 
 
+def test_short_video_is_shown_as_its_own_frames_like_vila(ref):
+  """A 5-frame clip: 5 <image>s and 5 frames' features (VILA's frames_loaded), batched with an
+  8-frame clip by left padding; each row equals the torch reference assembly of its own prompt."""
+  c = ref["critic"]
+  short = ref["videos"][0][:5]
+  videos = [short, ref["videos"][1]]
+  questions = ["fidelity issues", "motion issues"]
+  px, counts = c._pixels(videos)
+  assert counts == [5, FRAMES]
+  np.testing.assert_array_equal(px[0, :5], c.config.image(short))  # every frame, in order
+  assert not px[0, 5:].any()  # unused rows of the fixed-shape buffer, never referenced
+  b = c.batch(CAPTIONS, questions, frame_counts=counts)
+  assert b.prompts[0].count("<image>") == 5 and b.prompts[1].count("<image>") == FRAMES
+  assert b.prompts[0] == prompts.build_prompt(CAPTIONS[0], questions[0], "vicuna_v1", 5)
+  p = c.config.tokens_per_frame
+  used = b.image_slots[0][b.image_slots[0] >= 0]
+  np.testing.assert_array_equal(used, np.arange(5 * p))  # 5 frames' features of video 0
+  # Row 0 is only as long as its own tokens with 5 frames' slots (left padding does the rest).
+  own = len(prompts.tokenize_prompt(ref["tok"], b.prompts[0]))
+  assert b.attention_mask[0].sum() == own + 5 * (p - 1)
+  assert (b.image_slots[1] >= 0).sum() == FRAMES * p
+  logits = np.asarray(_forward(c.model, jnp.asarray(px), jnp.asarray(b.token_ids),
+                               jnp.asarray(b.image_slots), jnp.asarray(b.attention_mask)))
+  errs = []
+  for row in range(2):
+    want = reference_logits(ref, ref["tok"], b.prompts[row], px[row, :counts[row]])
+    errs.append(rel_err(logits[row][b.attention_mask[row]], want))
+  print(f"5-frame + 8-frame batch vs torch reference assembly: logits rel err {max(errs):.2e}")
+  assert max(errs) <= 1e-5
+  first = c.first_token_logits(videos, CAPTIONS, questions)  # uint8 clips: sampled on the host
+  assert rel_err(first, logits[:, -1]) <= 1e-6
+  with pytest.raises(ValueError, match="video 0 has 5 frames"):  # an 8-<image> prompt
+    critic.build_batch(ref["tok"], c.prompts(CAPTIONS[:1], questions[0]), [0], num_frames=FRAMES,
+                       tokens_per_frame=p, frame_counts=[5])
+
+
 def test_greedy_answers_match_torch_generate(ref):
   c = ref["critic"]
-  px = c._pixels(ref["videos"][:1])
+  px, _ = c._pixels(ref["videos"][:1])
   prompt = prompts.build_prompt(CAPTIONS[0], "fidelity issues", "vicuna_v1")
   with torch.no_grad():
     embeds = reference_embeds(ref, ref["tok"], prompt, px[0])
@@ -309,7 +348,7 @@ def _adapter(ref, tmp_path):
 
 def test_lora_merge_matches_peft(ref, tmp_path):
   peft_model, plain, vila_adapter = _adapter(ref, tmp_path)
-  px = ref["critic"]._pixels(ref["videos"][:1])
+  px, _ = ref["critic"]._pixels(ref["videos"][:1])
   prompt = prompts.build_prompt(CAPTIONS[0], "semantic consistency", "vicuna_v1")
   want = reference_logits(ref, ref["tok"], prompt, px[0], llm=peft_model)
   base = reference_logits(ref, ref["tok"], prompt, px[0])

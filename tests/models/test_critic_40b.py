@@ -116,7 +116,8 @@ def test_whole_assembly_matches_torch_reference(ref):
   c = ref["critic"]
   questions = ["semantic consistency", "motion issues"]
   b = c.batch(CAPTIONS, questions)
-  px = c._pixels(ref["videos"])
+  px, counts = c._pixels(ref["videos"])
+  assert counts == [FRAMES] * len(ref["videos"])
   logits = np.asarray(_forward(c.model, jnp.asarray(px), jnp.asarray(b.token_ids),
                                jnp.asarray(b.image_slots), jnp.asarray(b.attention_mask)))
   assert np.isfinite(logits).all()
@@ -136,7 +137,7 @@ def test_whole_assembly_matches_torch_reference(ref):
 
 def test_generate_returns_the_greedy_answer(ref):
   c = ref["critic"]
-  px = c._pixels(ref["videos"][:1])
+  px, _ = c._pixels(ref["videos"][:1])
   prompt = prompts.build_prompt(CAPTIONS[0], "fidelity issues", "hermes-2")
   with torch.no_grad():
     out = ref["llm"].generate(inputs_embeds=reference_embeds(ref, prompt, px[0]), max_new_tokens=6,

@@ -10,8 +10,10 @@ from lift_jax.models.critic import prompts, vocabulary
 
 def test_sample_frame_indices_matches_vila():
   for n in (1, 5, 8, 9, 49, 50, 123):
-    expected = np.linspace(0, n - 1, 8, dtype=int)  # VILA's get_frame_from_vcap
+    # VILA's get_frame_from_vcap: linspace over a long video, every frame of a short one.
+    expected = np.linspace(0, n - 1, 8, dtype=int) if n >= 8 else np.arange(n)
     np.testing.assert_array_equal(vocabulary.sample_frame_indices(n), expected)
+  assert vocabulary.sample_frame_indices(5).tolist() == [0, 1, 2, 3, 4]  # not padded to 8
   assert vocabulary.sample_frame_indices(49).tolist() == [0, 6, 13, 20, 27, 34, 41, 48]
   with pytest.raises(ValueError):
     vocabulary.sample_frame_indices(0)

@@ -3,13 +3,16 @@ scoring tool calls.
 
   critic = Critic.load(vila_folder, lora=adapter_folder, dtype="bfloat16", mesh=mesh)
   px = critic.pixel_values(video_uint8 [N,H,W,3])        8 frames at linspace(0, N-1, 8), resized
+                                                          (all N frames when N < 8, as VILA)
   critic.generate([px, ...], captions, question)          -> list[str] answers ("Good. ...")
   critic.first_token_logits([px, ...], captions, question) -> [B, vocab] logits of the answer's
       first token (one forward, no decoding); critic.label_probs(...) -> [B, 3] P(Good/Normal/Bad)
   critic.ask_all(px, caption, mode="generate"|"logits")  -> {question key: answer or probs}
 `question` is a key of `prompts.QUESTIONS` ("semantic consistency", "fidelity issues",
 "motion issues") or a free text. Several prompts over the same video share one encoding of its
-frames (`video_index`): `build_batch` lays out each prompt's image slots on the host.
+frames (`video_index`): `build_batch` lays out each prompt's image slots on the host. A video of
+n < 8 frames is shown as VILA shows it: n `<image>` tokens and n frames' features; its prompts are
+shorter and the batch is left-padded with the attention mask, no frame is repeated or invented.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ LIFT_SAMPLING = dict(temperature=0.2, top_k=50, top_p=1.0, max_new_tokens=512)
 
 
 def sample_frames(video: np.ndarray, num: int = prompts.NUM_FRAMES) -> np.ndarray:
-  """`[N,H,W,3]` uint8 RGB frames -> the `num` frames the critic sees (`vocabulary`'s sampling)."""
+  """`[N,H,W,3]` uint8 RGB frames -> the min(N, `num`) frames the critic sees (`vocabulary`'s
+  sampling)."""
   video = np.asarray(video)
   if video.ndim != 4 or video.shape[-1] != 3:
     raise ValueError(f"video must be [frames, H, W, 3] RGB, got {video.shape}")
@@ -51,11 +55,14 @@ class PromptBatch:
 
 
 def build_batch(tokenizer, texts: Sequence[str], video_index: Sequence[int], *, num_frames: int,
-                tokens_per_frame: int, pad_to_multiple: int = 8) -> PromptBatch:
+                tokens_per_frame: int, frame_counts: Sequence[int] | None = None,
+                pad_to_multiple: int = 8) -> PromptBatch:
   """Tokenizes prompts (`prompts.tokenize_prompt`) and expands each `<image>` into its slots.
 
-  The k-th `<image>` of prompt b is frame k of video `video_index[b]`. The length is rounded up to
-  `pad_to_multiple` so nearby prompt lengths share one compiled program.
+  The k-th `<image>` of prompt b is frame k of video `video_index[b]`. `num_frames` is the pixel
+  array's frames per video (the slot stride); video v holds `frame_counts[v]` real frames (default
+  all `num_frames`) and its prompts must have exactly that many `<image>`s. The length is rounded
+  up to `pad_to_multiple` so nearby prompt lengths share one compiled program.
   """
   if len(texts) != len(video_index):
     raise ValueError(f"{len(texts)} prompts but {len(video_index)} video indices")
@@ -63,9 +70,12 @@ def build_batch(tokenizer, texts: Sequence[str], video_index: Sequence[int], *, 
   for text, v in zip(texts, video_index):
     ids = prompts.tokenize_prompt(tokenizer, text)
     n_img = sum(1 for i in ids if i == prompts.IMAGE_TOKEN_INDEX)
-    if n_img != num_frames:
-      raise ValueError(f"prompt has {n_img} <image> slots but the critic feeds {num_frames} "
-                       f"frames per video: {text[:80]!r}...")
+    want = num_frames if frame_counts is None else int(frame_counts[v])
+    if not 1 <= want <= num_frames:
+      raise ValueError(f"video {v} has {want} frames; the critic takes 1..{num_frames}")
+    if n_img != want:
+      raise ValueError(f"prompt has {n_img} <image> slots but video {v} has {want} frames: "
+                       f"{text[:80]!r}...")
     tok, slot, k = [], [], 0
     for i in ids:
       if i == prompts.IMAGE_TOKEN_INDEX:
@@ -123,39 +133,56 @@ class Critic:
     return [self.template.stop_string]
 
   def pixel_values(self, video: np.ndarray) -> np.ndarray:
-    """uint8 RGB `[N,H,W,3]` (a whole clip) -> float32 `[F,3,S,S]` (F = num_video_frames)."""
+    """uint8 RGB `[N,H,W,3]` (a whole clip) -> float32 `[n,3,S,S]`, n = min(N, num_video_frames)."""
     return self.config.image(sample_frames(video, self.config.num_video_frames))
 
-  def _pixels(self, videos) -> np.ndarray:
-    out = []
-    for v in videos:
-      v = np.asarray(v)
-      out.append(self.pixel_values(v) if v.dtype == np.uint8 else v.astype(np.float32))
-    px = np.stack(out)
-    want = (self.config.num_video_frames, 3, self.config.image.height, self.config.image.width)
-    if px.shape[1:] != want:
-      raise ValueError(f"pixel values per video must be {want}, got {px.shape[1:]}")
-    return px
+  def _pixels(self, videos) -> tuple[np.ndarray, list[int]]:
+    """Videos (uint8 clips or `pixel_values` outputs) -> (float32 `[V,F,3,S,S]`, frames per video).
 
-  def prompts(self, captions: Sequence[str], questions: Sequence[str] | str) -> list[str]:
+    A video of n < F frames fills rows 0..n-1; the rest stay zero and no image slot points at
+    them (one compiled shape; the LLM sees only the n real frames).
+    """
+    f = self.config.num_video_frames
+    size = (3, self.config.image.height, self.config.image.width)
+    px = np.zeros((len(videos), f) + size, np.float32)
+    counts = []
+    for i, v in enumerate(videos):
+      v = np.asarray(v)
+      v = self.pixel_values(v) if v.dtype == np.uint8 else v.astype(np.float32)
+      if v.ndim != 4 or v.shape[1:] != size or not 1 <= len(v) <= f:
+        raise ValueError(f"video {i}: pixel values must be [1..{f}, {', '.join(map(str, size))}], "
+                         f"got {v.shape}")
+      px[i, :len(v)] = v
+      counts.append(len(v))
+    return px, counts
+
+  def prompts(self, captions: Sequence[str], questions: Sequence[str] | str,
+              frame_counts: Sequence[int] | None = None) -> list[str]:
+    """One prompt per caption; `frame_counts[i]` `<image>`s in prompt i (default all F)."""
     if isinstance(questions, str):
       questions = [questions] * len(captions)
-    return [prompts.build_prompt(c, q, self.template, self.config.num_video_frames)
-            for c, q in zip(captions, questions)]
+    if frame_counts is None:
+      frame_counts = [self.config.num_video_frames] * len(captions)
+    return [prompts.build_prompt(c, q, self.template, n)
+            for c, q, n in zip(captions, questions, frame_counts)]
 
   def batch(self, captions: Sequence[str], questions: Sequence[str] | str,
-            video_index: Sequence[int] | None = None) -> PromptBatch:
-    texts = self.prompts(captions, questions)
-    return build_batch(self.tokenizer, texts,
-                       list(range(len(texts))) if video_index is None else video_index,
+            video_index: Sequence[int] | None = None,
+            frame_counts: Sequence[int] | None = None) -> PromptBatch:
+    """Prompts laid out for the forward; `frame_counts[v]`: frames of video v (default all F)."""
+    video_index = list(range(len(captions))) if video_index is None else list(video_index)
+    per_prompt = None if frame_counts is None else [frame_counts[v] for v in video_index]
+    texts = self.prompts(captions, questions, per_prompt)
+    return build_batch(self.tokenizer, texts, video_index,
                        num_frames=self.config.num_video_frames,
-                       tokens_per_frame=self.config.tokens_per_frame)
+                       tokens_per_frame=self.config.tokens_per_frame, frame_counts=frame_counts)
 
   def first_token_logits(self, videos, captions: Sequence[str], questions: Sequence[str] | str,
                          video_index: Sequence[int] | None = None) -> np.ndarray:
     """fp32 `[B, vocab]` logits of the answer's first token (one forward pass, no sampling)."""
-    b = self.batch(captions, questions, video_index)
-    return np.asarray(_last_logits(self.model, jnp.asarray(self._pixels(videos)),
+    px, counts = self._pixels(videos)
+    b = self.batch(captions, questions, video_index, counts)
+    return np.asarray(_last_logits(self.model, jnp.asarray(px),
                                    jnp.asarray(b.token_ids), jnp.asarray(b.image_slots),
                                    jnp.asarray(b.attention_mask)))
 
@@ -173,8 +200,9 @@ class Critic:
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                rng: jax.Array | int | None = None) -> list[str]:
     """Answers as text (greedy by default; `**LIFT_SAMPLING` reproduces LiFT's sampling)."""
-    b = self.batch(captions, questions, video_index)
-    embeds = _embed(self.model, jnp.asarray(self._pixels(videos)), jnp.asarray(b.token_ids),
+    px, counts = self._pixels(videos)
+    b = self.batch(captions, questions, video_index, counts)
+    embeds = _embed(self.model, jnp.asarray(px), jnp.asarray(b.token_ids),
                     jnp.asarray(b.image_slots))
     stops = llama_lib.stop_sequences(self.tokenizer, self.stop_strings)
     out = llama_lib.generate(self.model.llm, inputs_embeds=embeds, attention_mask=b.attention_mask,

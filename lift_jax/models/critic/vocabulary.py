@@ -13,7 +13,8 @@ import numpy as np
 
 # The answer labels, in the order the critic's logits are read (LiFT's "Good/Normal/Bad").
 LABELS: tuple[str, ...] = ("Good", "Normal", "Bad")
-# Frames a video is shown as (VILA1.5's num_video_frames for the LiFT-Critic).
+# Frames a video is shown as at most (VILA1.5's num_video_frames for the LiFT-Critic); a shorter
+# video is shown as all its frames.
 NUM_FRAMES = 8
 
 # Output key -> question appended to the caption (leading space included), in the order LiFT asks
@@ -77,13 +78,14 @@ def strictly_readable(answer: str | None) -> bool:
 
 
 def sample_frame_indices(n: int, k: int = NUM_FRAMES) -> np.ndarray:
-  """k frame indices spread over a video's n frames, as VILA (the LiFT-Critic) picks them.
+  """The indices of the frames the critic sees of a video's n frames: min(n, k) of them, as VILA.
 
-  VILA's `get_frame_from_vcap` uses `np.linspace(0, n-1, k, dtype=int)`: the float positions are
-  truncated toward zero, not rounded. With n < k indices repeat (the critic's inputs hold k frames).
+  VILA's `get_frame_from_vcap` takes `np.linspace(0, n-1, k, dtype=int)` (positions truncated
+  toward zero, not rounded) when n >= k, and every frame when n < k: a short video is shown as
+  its n frames (n `<image>` tokens in the prompt), never padded with repeated frames.
   """
   if n < 1:
     raise ValueError(f"need at least one frame to sample from, got n={n}")
   if k < 1:
     raise ValueError(f"k must be positive, got {k}")
-  return np.linspace(0, n - 1, k, dtype=int)
+  return np.linspace(0, n - 1, min(n, k), dtype=int)
