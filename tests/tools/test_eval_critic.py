@@ -82,8 +82,8 @@ def hand_count(c, source, mode, prompt_style="inference"):
     if prompt_style == "train":
       caption = " " + caption
     if mode == "logits":
-      b = c.batch([caption], dim)
-      px = c.config.image(np.asarray(ex["frames"]))[None]
+      px = c.config.image(np.asarray(ex["frames"]))[None]  # a short video: its own n frames
+      b = c.batch([caption], dim, frame_counts=[px.shape[1]])
       args = [jnp.asarray(x) for x in (px, b.token_ids, b.image_slots, b.attention_mask)]
       logits = np.asarray(_FORWARD(c.model, *args))[0, -1]
       pred = max(("Good", "Normal", "Bad"), key=lambda k: logits[ids[k]])

@@ -74,7 +74,8 @@ class Questioner:
       self.label_ids = prompts.label_token_ids(critic.tokenizer, critic.template, LABELS)
 
   def pixel_values(self, video: np.ndarray) -> np.ndarray:
-    """uint8 `[N,H,W,3]` -> the critic's `[F,3,S,S]` (so a reader need not keep whole clips)."""
+    """uint8 `[N,H,W,3]` -> the critic's `[n,3,S,S]`, n = min(N, F) (so a reader need not keep
+    whole clips)."""
     return self.critic.pixel_values(video)
 
   def ask(self, videos: Sequence[np.ndarray], captions: Sequence[str],
