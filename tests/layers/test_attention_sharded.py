@@ -5,6 +5,7 @@ padding, block, segment-id and shard_map logic that a TPU runs is what is checke
 """
 
 import importlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,9 @@ def test_splash_in_shard_map_equals_xla_forward_and_gradients():
   q, k, v = _qkv(t=100)
   want = _value_and_grads("xla", q, k, v)
   mesh = parallel.make_mesh({"fsdp": 4, "tensor": 2})
-  with layers.attention_settings(interpret=True, block_q=128, block_kv=128):
+  with layers.attention_settings(interpret=True, block_q=128, block_kv=128), \
+      warnings.catch_warnings():
+    warnings.simplefilter("error", RuntimeWarning)  # a fallback to xla would warn
     got = _value_and_grads("splash", q, k, v, mesh=mesh)
   _assert_close(got, want)
   assert got[0].sharding.spec[0] in ("fsdp", ("data", "fsdp"))
