@@ -38,13 +38,12 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from lift_jax.layers import sharded_attention
+from lift_jax.layers.fused_attention import OUT_NAME, QKV_NAMES
 from lift_jax.parallel import mesh as mesh_lib
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "chunked")
 CHUNK = 512
 _HALF = (jnp.bfloat16, jnp.float16)
-QKV_NAMES = ("query_proj", "key_proj", "value_proj")
-OUT_NAME = "attention_out"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,11 @@ import jax
 import jax.numpy as jnp
 
 LANES = 128  # splash block sizes must be multiples of the TPU lane width
+# checkpoint_names of attention's inputs and output (the remat policies in `layers.remat` keep them
+# by name); splash's own residuals (output, logsumexp) carry OUT_NAME too, so keeping it spares the
+# backward pass the kernel's forward.
+QKV_NAMES = ("query_proj", "key_proj", "value_proj")
+OUT_NAME = "attention_out"
 CUDNN_HEAD_MULTIPLE = 8
 
 
@@ -138,7 +143,8 @@ def _splash(q, k, v, *, settings, scale, is_causal, q_len, kv_len, q_offset, pad
       block_kv_dkv_compute=bkv_compute, block_q_dq=None if settings.fused_bwd else bq,
       block_kv_dq=None if settings.fused_bwd else bkv, use_fused_bwd_kernel=settings.fused_bwd)
   kernel = sk.make_splash_mha(sm.MultiHeadMask([one] * n), head_shards=1, q_seq_shards=1,
-                              block_sizes=sizes, interpret=settings.interpret)
+                              block_sizes=sizes, interpret=settings.interpret,
+                              residual_checkpoint_name=OUT_NAME)
   segments = None
   if padded:  # id 1 marks padding: real queries see only real keys
     q_pos = (0 if q_offset is None else q_offset) + jnp.arange(t)
