@@ -10,7 +10,8 @@ Implementations:
           O(block·S) instead of O(T·S), on any backend (long video sequences without a fused
           kernel: CPU, fp32 on GPU, ahead-of-time memory planning).
   splash  Pallas splash attention; TPU only (or anywhere in Pallas interpret mode, for tests).
-  auto    splash on TPU, cudnn on GPU for half-precision inputs, xla otherwise.
+  auto    splash on TPU, cudnn on GPU for half-precision inputs, xla otherwise and for attention
+          with an explicit mask or bias (the critic's LLM, T5: short sequences).
 
 The fused kernels (and every kernel when the mesh shards the sequence over `context`) run inside
 `shard_map` (`sharded_attention`), so they work on sharded meshes. On CPU a fused kernel that cannot
@@ -134,6 +135,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "auto",
   backend = jax.default_backend()
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   explicit = mask is not None or bias is not None
+  if impl == "auto" and explicit:
+    chosen = "xla"  # masked/biased attention (critic LLM, T5) is short: XLA, under the size check
   if chosen == "splash" and explicit:
     chosen = _unavailable("attention impl 'splash' takes no explicit mask or bias here", backend)
   if chosen == "chunked" and (explicit or is_causal):
