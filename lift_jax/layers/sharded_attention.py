@@ -3,7 +3,8 @@
 XLA cannot partition a Pallas (Mosaic) kernel or a cuDNN custom call across devices on its own, so
 under a mesh the per-device kernel runs inside `shard_map` with the layout the model already uses:
 batch over the mesh axes of `activation_batch` (data×fsdp), heads over `activation_heads` (tensor),
-tokens over `activation_length` (context). With context > 1 every device holds a slice of the
+tokens over `activation_length` (context). A batch or head count the mesh does not divide stays
+whole on every device (computed redundantly, as replicated weights imply). With context > 1 every device holds a slice of the
 queries and all-gathers the keys and values (exact attention; the all-gather's gradient is a
 reduce-scatter), and tokens are padded to a multiple of the context size (and the kernel blocks),
 the padded keys masked out and the padded query rows dropped.
@@ -52,9 +53,8 @@ def attention(q, k, v, *, impl: str, settings: Any, scale: float, is_causal: boo
     if b % mesh_lib.axis_size(mesh, batch_axes):
       batch_axes = None  # e.g. batch 1 while sampling: every batch shard computes the same example
     tensor = mesh_lib.axis_size(mesh, heads_axes)
-    if n % tensor:
-      raise ValueError(f"attention: {n} heads are not divisible by mesh axis {heads_axes}={tensor}; "
-                       f"change mesh.tensor")
+    if n % tensor:  # e.g. InternViT's 25 heads, whose weights are replicated too
+      heads_axes, tensor = None, 1
     if k.shape[2] % tensor:  # fewer kv heads than tensor shards: give every query head its own
       k, v = (jnp.repeat(x, n // k.shape[2], axis=2) for x in (k, v))
     context = mesh_lib.axis_size(mesh, length_axes)
