@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
       unparseable="skip",  # skip: list the video apart | bad: score that dimension as Bad
       round_digits=placeholder(int),  # LiFT's script rounds to 2
       min_label_mass=0.5))  # logits mode: below this P(Good)+P(Normal)+P(Bad), no label
+  # auto: data-parallel replicas when the critic fits one device (13B bf16 ~26 GB), else tensor
+  # parallelism (40B), with the memory plan printed first; "mesh": use `mesh` as given.
+  c.parallelism = "auto"
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, context=1))
   c.compilation_cache = placeholder(str)
   return c

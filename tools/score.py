@@ -52,6 +52,43 @@ def make_mesh(axes: dict):
   return mesh if mesh.size > 1 else None
 
 
+def plan_mesh(cfg, path: str, mode: str):
+  """`parallelism=auto`: replicas if the critic fits one device, else tensor parallelism
+  (`parallel.serving`); returns (mesh or None, batch_videos, the plan's report)."""
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  from lift_jax import parallel
+  from lift_jax.lift.memory import device_capacity
+  from lift_jax.models.critic.vila import VilaCritic, vila_config
+  from lift_jax.parallel import serving
+
+  c = cfg.critic
+  vc = vila_config(path, template=c.template, dtype=c.dtype, param_dtype=c.param_dtype or c.dtype,
+                   remat=c.remat, attention_impl=c.attention_impl)
+  abstract = nnx.eval_shape(lambda: VilaCritic(vc, rngs=nnx.Rngs(0)))
+  param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(abstract)))
+  llm = vc.llm
+  rows = 3 * cfg.batch_videos
+  new_tokens = int(cfg.sampling.max_new_tokens) if mode == "generate" else 1
+  prompt = serving.bucket_length(vc.num_video_frames * vc.tokens_per_frame + 256)
+  cache = serving.kv_cache_bytes(rows=rows, tokens=prompt + new_tokens,
+                                 layers=llm.num_hidden_layers, kv_heads=llm.num_key_value_heads,
+                                 head_dim=llm.head_dim, itemsize=np.dtype(c.dtype).itemsize)
+  plan = serving.plan_serving(
+      param_bytes, num_devices=jax.device_count(), capacity_bytes=device_capacity(),
+      divisible=(llm.num_attention_heads, llm.num_key_value_heads, llm.vocab_size,
+                 llm.intermediate_size), cache_bytes=cache)
+  data = plan.axes["data"]
+  # Every replica gets whole rows: 3 questions x batch_videos must split evenly over `data`.
+  step = data // math.gcd(data, 3)
+  batch_videos = -(-int(cfg.batch_videos) // step) * step
+  mesh = parallel.make_mesh(plan.axes)
+  report = plan.report("critic") + f"; batch_videos {batch_videos} ({3 * batch_videos} prompts)"
+  return (mesh if mesh.size > 1 else None), batch_videos, report
+
+
 def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: str | None = None,
         mode: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
   """Loads the critic the config describes and scores `manifest` into `out`; the summary."""
@@ -70,13 +107,18 @@ def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: s
   mode = mode or cfg.mode
   rewards = reward_lib.RewardConfig.from_config(cfg.reward)
   sampling = scoring.sampling_settings(cfg.sampling)  # fail on bad settings before loading
-  mesh = make_mesh(cfg.mesh.to_dict())
+  batch_videos = cfg.batch_videos
+  if cfg.get("parallelism", "mesh") == "auto":
+    mesh, batch_videos, report = plan_mesh(cfg, path, mode)
+    print(report, file=sys.stderr, flush=True)  # stdout carries the JSON summary
+  else:
+    mesh = make_mesh(cfg.mesh.to_dict())
   critic = Critic.load(path, lora or cfg.critic.lora, template=cfg.critic.template,
                        dtype=cfg.critic.dtype, param_dtype=cfg.critic.param_dtype,
                        attention_impl=cfg.critic.attention_impl, remat=cfg.critic.remat,
                        mesh=mesh, progress=progress)
   scorer = scoring.Scorer(critic, mode, reward_config=rewards, sampling=sampling,
-                          batch_videos=cfg.batch_videos, seed=cfg.seed)
+                          batch_videos=batch_videos, seed=cfg.seed)
   with parallel.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     summary = scoring.score_manifest(scorer, manifest, out, overwrite=overwrite, progress=progress,
                                      read_workers=cfg.get("read_workers", 2))

@@ -1,13 +1,13 @@
-"""Attention kernels inside `shard_map`, and context parallelism (the sequence sharded over devices).
+"""Attention kernels inside `shard_map`, and context parallelism (the sequence split over devices).
 
 XLA cannot partition a Pallas (Mosaic) kernel or a cuDNN custom call across devices on its own, so
 under a mesh the per-device kernel runs inside `shard_map` with the layout the model already uses:
 batch over the mesh axes of `activation_batch` (data×fsdp), heads over `activation_heads` (tensor),
 tokens over `activation_length` (context). A batch or head count the mesh does not divide stays
-whole on every device (computed redundantly, as replicated weights imply). With context > 1 every device holds a slice of the
-queries and all-gathers the keys and values (exact attention; the all-gather's gradient is a
-reduce-scatter), and tokens are padded to a multiple of the context size (and the kernel blocks),
-the padded keys masked out and the padded query rows dropped.
+whole on every device (computed redundantly, as replicated weights imply). With context > 1
+every device holds a slice of the queries and all-gathers the keys and values (exact attention;
+the all-gather's gradient is a reduce-scatter), and tokens are padded to a multiple of the
+context size (and the kernel blocks), the padded keys masked out and the padded query rows dropped.
 
 Without a mesh (or on one device) the same padding and kernel run unwrapped.
 """

@@ -45,7 +45,7 @@ _GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_plugins.xla_cuda1
 
 
 def detect_platform(environ: MutableMapping[str, str] = os.environ) -> str:
-  """'tpu', 'gpu' or 'cpu', without starting a JAX backend: JAX_PLATFORMS, then installed plugins."""
+  """'tpu', 'gpu' or 'cpu' without starting a JAX backend: JAX_PLATFORMS, else installed plugins."""
   requested = environ.get("JAX_PLATFORMS", "").split(",")[0].strip().lower()
   if requested:
     return {"cuda": "gpu", "rocm": "gpu"}.get(requested, requested)

@@ -130,7 +130,8 @@ def test_mask_and_bias_shard_with_batch_and_heads():
   from lift_jax.layers import sharded_attention
 
   q, k, v = _qkv(b=4, t=16, n=4, kv=2, h=8)
-  mask = jnp.asarray(np.random.default_rng(0).random((4, 1, 16, 16)) > 0.3) | jnp.eye(16, dtype=bool)
+  mask = jnp.asarray(np.random.default_rng(0).random((4, 1, 16, 16)) > 0.3)
+  mask = mask | jnp.eye(16, dtype=bool)
   bias = jax.random.normal(jax.random.key(1), (1, 4, 16, 16))
   want = layers.attention(q, k, v, impl="xla", mask=mask, bias=bias)
   mesh = parallel.make_mesh({"fsdp": 4, "tensor": 2})

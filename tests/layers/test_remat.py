@@ -1,4 +1,4 @@
-"""Remat policies by name: each keeps what it says (by checkpoint_name) and none changes gradients."""
+"""Remat policies by name: each keeps what it names (checkpoint_name); none changes gradients."""
 
 import jax
 import jax.numpy as jnp
