@@ -65,8 +65,8 @@ def test_splash_in_shard_map_equals_xla_forward_and_gradients():
 
 @pytest.mark.parametrize("context", [2, 4])
 def test_context_parallel_equals_unsharded(context):
-  """The sequence over `context`; 50 tokens need padding for both sizes; causal too."""
-  q, k, v = _qkv(b=2, t=50, n=2, kv=2, h=16)
+  """The sequence over `context`; 51 tokens need padding for both sizes; causal too."""
+  q, k, v = _qkv(b=2, t=51, n=2, kv=2, h=16)
   mesh = parallel.make_mesh({"fsdp": 8 // context, "context": context})
   for causal in (False, True):
     want = _value_and_grads("xla", q, k, v, is_causal=causal)
@@ -140,3 +140,28 @@ def test_mask_and_bias_shard_with_batch_and_heads():
         q, k, v, impl="xla", settings=layers.AttentionSettings(), scale=8 ** -0.5,
         is_causal=False, mask=m, bias=bi))(q, k, v, mask, bias)
   assert rel_err(got, want) <= 1e-6
+
+
+def test_cudnn_wrapper_pads_head_dim_and_masks_padded_keys(monkeypatch):
+  """The cuDNN path's own logic (head dim 12 padded to 16, padded keys cut by sequence lengths,
+  the scale of the unpadded head dim) inside shard_map with context=2, XLA standing in for the
+  kernel (no GPU here)."""
+  from lift_jax.layers import fused_attention, sharded_attention
+
+  real = jax.nn.dot_product_attention
+  calls = []
+
+  def stand_in(*args, implementation=None, **kw):
+    calls.append((implementation, args[0].shape[-1], kw.get("key_value_seq_lengths") is not None))
+    return real(*args, implementation="xla", **kw)
+
+  monkeypatch.setattr(fused_attention.jax.nn, "dot_product_attention", stand_in)
+  q, k, v = _qkv(b=2, t=51, n=4, kv=2, h=12)  # 51 tokens: padded to 52 for context=2
+  mesh = parallel.make_mesh({"fsdp": 2, "tensor": 2, "context": 2})
+  with parallel.use_mesh(mesh):
+    got = jax.jit(lambda q, k, v: sharded_attention.attention(
+        q, k, v, impl="cudnn", settings=layers.AttentionSettings(), scale=12 ** -0.5,
+        is_causal=False))(q, k, v)
+  assert calls and all(c == ("cudnn", 16, True) for c in calls)
+  monkeypatch.undo()
+  assert rel_err(got, layers.attention(q, k, v, impl="xla")) <= 1e-5
