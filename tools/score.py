@@ -67,23 +67,13 @@ def plan_mesh(cfg, path: str, mode: str):
   c = cfg.critic
   vc = vila_config(path, template=c.template, dtype=c.dtype, param_dtype=c.param_dtype or c.dtype,
                    remat=c.remat, attention_impl=c.attention_impl)
-  abstract = nnx.eval_shape(lambda: VilaCritic(vc, rngs=nnx.Rngs(0)))
-  param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(abstract)))
-  llm = vc.llm
-  rows = 3 * cfg.batch_videos
-  new_tokens = int(cfg.sampling.max_new_tokens) if mode == "generate" else 1
   prompt = serving.bucket_length(vc.num_video_frames * vc.tokens_per_frame + 256)
-  cache = serving.kv_cache_bytes(rows=rows, tokens=prompt + new_tokens,
-                                 layers=llm.num_hidden_layers, kv_heads=llm.num_key_value_heads,
-                                 head_dim=llm.head_dim, itemsize=np.dtype(c.dtype).itemsize)
-  plan = serving.plan_serving(
-      param_bytes, num_devices=jax.device_count(), capacity_bytes=device_capacity(),
-      divisible=(llm.num_attention_heads, llm.num_key_value_heads, llm.vocab_size,
-                 llm.intermediate_size), cache_bytes=cache)
-  data = plan.axes["data"]
-  # Every replica gets whole rows: 3 questions x batch_videos must split evenly over `data`.
-  step = data // math.gcd(data, 3)
-  batch_videos = -(-int(cfg.batch_videos) // step) * step
+  new_tokens = int(cfg.sampling.max_new_tokens) if mode == "generate" else 1
+  plan = serving.plan_decoder(
+      serving.model_bytes(lambda: VilaCritic(vc, rngs=nnx.Rngs(0))), vc.llm,
+      rows=3 * cfg.batch_videos, tokens=prompt + new_tokens, itemsize=np.dtype(c.dtype).itemsize,
+      num_devices=jax.device_count(), capacity_bytes=device_capacity())
+  batch_videos = serving.whole_rows(int(cfg.batch_videos), plan.axes["data"], 3)
   mesh = parallel.make_mesh(plan.axes)
   report = plan.report("critic") + f"; batch_videos {batch_videos} ({3 * batch_videos} prompts)"
   return (mesh if mesh.size > 1 else None), batch_videos, report

@@ -15,7 +15,11 @@ the captions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+from flax import nnx
 
 GIB = 1024**3
 BUCKETS_PER_OCTAVE = 4
@@ -77,3 +81,28 @@ def kv_cache_bytes(*, rows: int, tokens: int, layers: int, kv_heads: int, head_d
                    itemsize: int) -> int:
   """Keys and values of every layer for `rows` sequences of `tokens` tokens."""
   return 2 * layers * rows * tokens * kv_heads * head_dim * itemsize
+
+
+def model_bytes(make_model: Callable[[], nnx.Module]) -> int:
+  """Parameter bytes of `make_model()`, built abstractly (nothing allocated)."""
+  state = nnx.state(nnx.eval_shape(make_model))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def plan_decoder(param_bytes: int, llm: Any, *, rows: int, tokens: int, itemsize: int,
+                 num_devices: int, capacity_bytes: int | None) -> ServingPlan:
+  """`plan_serving` for a model with a Llama-style decoder `llm` (its config: layers, heads, KV
+  heads, head dim, vocabulary, MLP width) decoding `rows` sequences of up to `tokens` tokens."""
+  cache = kv_cache_bytes(rows=rows, tokens=tokens, layers=llm.num_hidden_layers,
+                         kv_heads=llm.num_key_value_heads, head_dim=llm.head_dim,
+                         itemsize=itemsize)
+  return plan_serving(param_bytes, num_devices=num_devices, capacity_bytes=capacity_bytes,
+                      divisible=(llm.num_attention_heads, llm.num_key_value_heads,
+                                 llm.vocab_size, llm.intermediate_size), cache_bytes=cache)
+
+
+def whole_rows(batch: int, data: int, rows_per_item: int) -> int:
+  """The smallest batch >= `batch` whose `batch * rows_per_item` rows split evenly over `data`
+  replicas (the critic asks 3 questions per video)."""
+  step = data // math.gcd(data, rows_per_item)
+  return -(-batch // step) * step

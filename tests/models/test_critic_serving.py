@@ -33,6 +33,7 @@ def test_13b_replicates_40b_goes_tensor_parallel():
   assert plan.axes == {"data": 4, "tensor": 2}
   assert plan.per_device_bytes == 41 * GIB + 8 * GIB // 8
   assert "tensor parallel over 2 devices x 4 replica(s)" in plan.report()
+  assert [serving.whole_rows(4, data, 3) for data in (1, 2, 3, 8)] == [4, 4, 4, 8]
   with pytest.raises(ValueError, match=r"do not fit 8 device\(s\) of 10.0 GiB"):
     serving.plan_serving(82 * GIB, num_devices=8, capacity_bytes=10 * GIB, divisible=(56, 8))
 
