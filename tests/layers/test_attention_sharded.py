@@ -165,3 +165,20 @@ def test_cudnn_wrapper_pads_head_dim_and_masks_padded_keys(monkeypatch):
   assert calls and all(c == ("cudnn", 16, True) for c in calls)
   monkeypatch.undo()
   assert rel_err(got, layers.attention(q, k, v, impl="xla")) <= 1e-5
+
+
+def test_batch_axes_the_batch_cannot_use_split_the_heads():
+  """Batch 2 on fsdp=4 x tensor=2 with 8 heads: fsdp goes to the heads, not to redundant copies."""
+  from lift_jax.layers import sharded_attention
+
+  mesh = parallel.make_mesh({"fsdp": 4, "tensor": 2})
+  split = sharded_attention._split_batch_and_heads
+  assert split(mesh, 2, 8, ("data", "fsdp"), "tensor") == ("data", ("tensor", "fsdp"))
+  assert split(mesh, 8, 8, ("data", "fsdp"), "tensor") == (("data", "fsdp"), "tensor")
+  assert split(mesh, 2, 25, ("data", "fsdp"), "tensor") == ("data", None)
+  q, k, v = _qkv(b=2, t=16, n=8, kv=8, h=8)
+  with parallel.use_mesh(mesh):
+    got = jax.jit(lambda q, k, v: sharded_attention.attention(
+        q, k, v, impl="xla", settings=layers.AttentionSettings(), scale=8 ** -0.5,
+        is_causal=False))(q, k, v)
+  assert rel_err(got, layers.attention(q, k, v, impl="xla")) <= 1e-6
