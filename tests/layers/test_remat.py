@@ -8,6 +8,7 @@ from jax._src.ad_checkpoint import saved_residuals
 
 from lift_jax import layers
 from lift_jax.layers.remat import REMAT_POLICIES
+from lift_jax.lift import throughput
 from tests.reference import rel_err
 
 
@@ -35,7 +36,7 @@ def test_policies_keep_their_names_and_leave_gradients_unchanged():
   gradients in one compiled program equal the no-remat ones."""
   expected = {"none": None, "full": 0, "dots": 0, "attention": 1, "qkv": 3, "qkv_attention": 4,
               "dots_attention": 1}
-  assert set(expected) == set(REMAT_POLICIES)
+  assert set(expected) == set(REMAT_POLICIES) == set(throughput.REMAT_RECOMPUTE)
   x = jax.random.normal(jax.random.key(1), (2, 5, 8))
   stack = layers.StackedBlocks(_Block, 2, rngs=nnx.Rngs(0))
   losses = {name: _loss(stack, name) for name in expected}
