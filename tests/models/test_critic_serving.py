@@ -4,7 +4,7 @@ programs, the same labels) and the replicas-or-tensor-parallel serving plan."""
 import numpy as np
 import pytest
 
-from lift_jax.models.critic import scoring
+from lift_jax.stages import score as score_stage
 from lift_jax.models.llama.generate import _generate
 from lift_jax.parallel import serving
 from tests.models.test_critic import ref  # noqa: F401  (the tiny perturbed critic fixture)
@@ -53,7 +53,7 @@ def test_scoring_20_videos_compiles_at_most_3_prefill_programs(ref):  # noqa: F8
   for bucket in (False, True):
     critic.bucket_prompts = bucket
     before = _generate.jitted_fn._cache_size()
-    scores = scoring.Scorer(critic, "generate", sampling=greedy, batch_videos=4).score(
+    scores = score_stage.Scorer(critic, "generate", sampling=greedy, batch_videos=4).score(
         videos, captions)
     runs[bucket] = (_generate.jitted_fn._cache_size() - before, scores)
   critic.bucket_prompts = True
