@@ -86,7 +86,7 @@ def apply(platform: str | None = None, *, memory_fraction: float | None = None,
       merged = merge_flags(environ.get(variable, ""), flags)
       if merged != environ.get(variable, ""):
         changed[variable] = merged
-  if changed and _backend_started():
+  if changed and environ is os.environ and _backend_started():
     warnings.warn(f"JAX's backend is already running, so {sorted(changed)} take effect only in "
                   f"new processes; call lift_jax.runtime.setup() before using JAX", RuntimeWarning)
   environ.update(changed)
