@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
       config="configs/cogvideox_5b.py",
       overrides=["model.dtype=float32", "sampling.num_steps=4", "sampling.sampler=ddim",
                  "sampling.use_dynamic_cfg=False", "batch_size=8",
-                 "num_videos_per_prompt=6"] + video))
+                 "num_videos_per_prompt=4"] + video))
   c.score = ml_collections.ConfigDict(dict(
       config="configs/critic_13b.py", mode="logits",
       # A tiny critic puts little mass on Good/Normal/Bad: take the argmax of the three anyway.
@@ -56,14 +56,14 @@ def get_config() -> ml_collections.ConfigDict:
       "num_frames=9", "height=32", "width=48", "dtype=float32", "embed_dtype=float32"]))
   c.train = ml_collections.ConfigDict(dict(
       config="configs/lift_5b.py",
-      overrides=["model.dtype=float32", "model.remat=none", "data.batch_size=8", "num_steps=40",
+      overrides=["model.dtype=float32", "model.remat=none", "data.batch_size=8", "num_steps=32",
                  "optim.lr=1e-3", "optim.warmup_steps=2", "optim.weight_decay=0.0",
-                 "checkpoint_every=20", "log_every=2"]))
+                 "checkpoint_every=16", "log_every=2"]))
   c.critic_sft = ml_collections.ConfigDict(dict(
       config="configs/critic_13b_sft.py",
       overrides=["critic.dtype=float32", "critic.param_dtype=float32", "critic.remat=none",
                  "lora.r=16", "lora.alpha=32.0", "lora.dropout=0.0", "data.vidgen=False",
-                 "data.test_size=36", "data.batch_size=8", "optim.lr=2e-2", "num_epochs=8",
+                 "data.test_size=24", "data.batch_size=8", "optim.lr=2e-2", "num_epochs=8",
                  "checkpoint_every=1000", "log_every=4"]))
   c.extra_stages = extra_stages(c)
   c.report = report_block()

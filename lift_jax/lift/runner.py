@@ -182,7 +182,7 @@ class Run:
     (in their upstream layouts) once every input check has passed."""
     c = self.config
     if self.demo:
-      from lift_jax import demo_assets
+      from lift_jax.demo import assets as demo_assets
       root = os.path.join(self.workdir, "assets")
       if create:
         demo_assets.make_demo_assets(
