@@ -217,6 +217,10 @@ def write_report(out_html: str, *, config: dict[str, Any], scores_before: str | 
     verdicts.append(f"By the {judge}: mean reward {b:.3f} before, {a:.3f} after "
                     f"({'+' if a >= b else '−'}{abs(a - b):.3f})"
                     + (f"; {', '.join(others)}" if others else "") + ".")
+  same = [g for g in gens if len({r.get("reward") for r in table.get((g, "critic"), [])}) == 1]
+  if same and len(same) == len(gens):
+    verdicts.append("The critic gave every video the same reward: its scores cannot tell the "
+                    "videos apart, so reward weighting could not differ from plain fine-tuning.")
   if verdicts:
     parts.append("<p class='verdict'>" + "<br>".join(map(html.escape, verdicts)) + "</p>")
   head = ["generator (held-out prompts)"] + [f"mean reward by the {j}" for j in judges] + [
@@ -240,6 +244,11 @@ def write_report(out_html: str, *, config: dict[str, Any], scores_before: str | 
              str(base.get(d, {}).get("n", "–"))] for d, a in acc.items()]
     parts.append("<h2>The critic, trained on the ratings</h2>")
     parts.append(_table(["question", "held-out accuracy", "majority class", "ratings"], rows))
+    weak = [d for d, a in acc.items() if d in base and a <= 100 * base[d]["share"]]
+    if weak:
+      parts.append("<p class='warn'>The critic does not beat the majority class on "
+                   f"{html.escape(', '.join(weak))}: its rewards carry little of the ratings' "
+                   "judgement there.</p>")
 
   sets = [(g, _read_jsonl(m), os.path.dirname(m)) for g, m in manifests.items() if m]
   strip = frame_strip([s for s in sets if s[1]])
@@ -269,7 +278,7 @@ def write_report(out_html: str, *, config: dict[str, Any], scores_before: str | 
           "img{max-width:100%}table{border-collapse:collapse;margin:.5em 0}"
           "td,th{border:1px solid #bbb;padding:.25em .7em;text-align:right}"
           "td:first-child,th:first-child{text-align:left}.verdict{font-size:1.15em}"
-          ".note{color:#555;font-size:.9em}</style></head><body>" + "\n".join(parts) +
+          ".note{color:#555;font-size:.9em}.warn{color:#a40}</style></head><body>" + "\n".join(parts) +
           "</body></html>")
   tmp = out_html + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
