@@ -48,9 +48,9 @@ def video_path(manifest: str, row: dict) -> str:
 def hra_entry(video: str, caption: str, dimension: str, label: str, reason: str) -> dict:
   """One LiFT-HRA rating: the human turn `<video>\\n {caption}{question}`, the gpt turn
   `<Label>. <reason>` (the released layout, see `data.hra`)."""
-  return {"video": video,
-          "conversations": [{"from": "human", "value": f"<video>\n {caption}{QUESTIONS[dimension]}"},
-                            {"from": "gpt", "value": f"{label}. {reason}"}]}
+  human = f"<video>\n {caption}{QUESTIONS[dimension]}"
+  return {"video": video, "conversations": [{"from": "human", "value": human},
+                                            {"from": "gpt", "value": f"{label}. {reason}"}]}
 
 
 def rate_manifest(rater: Rater, manifest: str, out_dir: str) -> tuple[list[dict], dict]:

@@ -278,8 +278,8 @@ def write_report(out_html: str, *, config: dict[str, Any], scores_before: str | 
           "img{max-width:100%}table{border-collapse:collapse;margin:.5em 0}"
           "td,th{border:1px solid #bbb;padding:.25em .7em;text-align:right}"
           "td:first-child,th:first-child{text-align:left}.verdict{font-size:1.15em}"
-          ".note{color:#555;font-size:.9em}.warn{color:#a40}</style></head><body>" + "\n".join(parts) +
-          "</body></html>")
+          ".note{color:#555;font-size:.9em}.warn{color:#a40}</style></head><body>"
+          + "\n".join(parts) + "</body></html>")
   tmp = out_html + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     f.write(page)
