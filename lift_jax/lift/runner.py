@@ -20,6 +20,10 @@ run with ARGS, placed right after the stage it names (`after`: a stage name such
 Their ARGS, `models.critic_lora` and the `report` block may name {workdir}, {dir} (the stage's own
 folder), {pipeline}, {critic}, {base_transformer}, {transformer} (the last round's fine-tuned
 one), {prompts}, {eval_prompts} and {seed}. `--stages` selects an extra stage by its name.
+
+λ, the real videos' weight, is the config's `real_weight` alone: prepare stores it as their
+reward and training weighs them by it. prepare also writes `data.json`, the scored set in LiFT's
+own layout (for its official trainer).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
+
+from lift_jax.demo import assets as demo_assets
+from lift_jax.lift import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = os.path.join(ROOT, "tools")
@@ -131,6 +138,9 @@ class Run:
     self._check_extra_stages()
     if c.get("real") and not os.path.isfile(c.real):
       raise ConfigError(f"config.real: {c.real} does not exist")
+    if any(o.split("=")[0].strip() == "loss.real_weight" for o in c.train.get("overrides") or ()):
+      raise ConfigError("config.train.overrides sets loss.real_weight: λ is config.real_weight "
+                        "(prepare stores it with the real videos, and training reads it there)")
     if not self.demo:
       for key in ("pipeline", "critic"):
         path = c.models.get(key)
@@ -182,7 +192,6 @@ class Run:
     (in their upstream layouts) once every input check has passed."""
     c = self.config
     if self.demo:
-      from lift_jax.demo import assets as demo_assets
       root = os.path.join(self.workdir, "assets")
       if create:
         demo_assets.make_demo_assets(
@@ -225,12 +234,13 @@ class Run:
     c, out = self.config, self._dir(name)
     dataset = os.path.join(out, "dataset")
     args = [f"--manifest={manifest}", f"--scores={scores}", f"--out={dataset}", "--overwrite",
-            f"--model={self.paths['pipeline']}", "--no_progress"]
+            f"--model={self.paths['pipeline']}", "--no_progress",
+            f"--export_data_json={os.path.join(out, 'data.json')}"]
     if c.get("real"):
       args += [f"--real={c.real}", f"--real_weight={c.get('real_weight', 1.0)}"]
     args += _flags("", c.prepare.get("args"))
     _tool("prepare_data.py", args, os.path.join(out, "log.txt"))
-    return {"dataset": dataset}
+    return {"dataset": dataset, "data_json": os.path.join(out, "data.json")}
 
   def _train(self, name: str, dataset: str, transformer: str) -> dict:
     c, out = self.config, self._dir(name)
@@ -257,7 +267,6 @@ class Run:
     return _read_json(summary) if summary and os.path.isfile(summary) else {}
 
   def _report(self) -> dict:
-    from lift_jax.lift import report
     last = int(self.config.get("rounds", 1))
     out = os.path.join(self.workdir, "report.html")
     extra = self._expand(self.config.get("report") or {})
