@@ -112,6 +112,9 @@ class Critic:
   def __init__(self, model: VilaCritic, tokenizer, template: str | None = None):
     self.model = model
     self.tokenizer = tokenizer
+    # Read once: scoring threads ask for it while the model runs, and NNX modules are not safe to
+    # read from another thread then ("'VilaCritic' object has no attribute 'config'").
+    self._config = model.config
     self.template = prompts.get_template(template or model.config.template)
 
   @classmethod
@@ -122,7 +125,7 @@ class Critic:
 
   @property
   def config(self) -> VilaConfig:
-    return self.model.config
+    return self._config
 
   @property
   def stop_strings(self) -> list[str]:
