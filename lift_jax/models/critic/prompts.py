@@ -2,8 +2,9 @@
 `run_critic_{13b,40b}.py`).
 
 Per video and per dimension the critic sees one user turn: one `<image>\\n` per sampled frame (8,
-or every frame of a shorter video: VILA does not pad), the caption, then the dimension's question (which starts with a space). The 13B critic uses the
-`vicuna_v1` template, the 40B critic `hermes-2` (ChatML). `tokenize_prompt` is VILA's
+or every frame of a shorter video: VILA does not pad), the caption, then the dimension's question
+(which starts with a space). The 13B critic uses the `vicuna_v1` template, the 40B critic
+`hermes-2` (ChatML). `tokenize_prompt` is VILA's
 `tokenizer_image_token`: `<image>` is not a vocabulary token but the sentinel id -200, and every
 chunk after the first is tokenized on its own with its BOS dropped.
 """
