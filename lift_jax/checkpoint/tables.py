@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
 
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
 from lift_jax.parallel import mesh as mesh_lib
@@ -137,10 +138,7 @@ def stream_from_table(abstract_state: nnx.State, folder: WeightFolder, rules: Se
   check_table(folder, rules, variables, ignore)
   mesh = mesh or mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
   shardings = flat_variables(mesh_lib.param_shardings(abstract_state, mesh, rules_logical))
-  iterator = rules
-  if progress:
-    from tqdm import tqdm
-    iterator = tqdm(rules, desc="loading", unit="param")
+  iterator = tqdm(rules, desc="loading", unit="param") if progress else rules
   for rule in iterator:
     var = variables[rule.dst]
     dtype = var.dtype

@@ -1,9 +1,11 @@
-"""diffusers `CogVideoXTransformer3DModel` state-dict keys -> NNX paths of `CogVideoXTransformer3D`."""
+"""diffusers `CogVideoXTransformer3DModel` state-dict keys -> NNX paths of `CogVideoXTransformer3D`,
+and its checkpoint spec `SPEC` (what `load_transformer` / `convert_checkpoint` use)."""
 
 from __future__ import annotations
 
+from lift_jax.checkpoint.spec import ModelSpec
 from lift_jax.checkpoint.tables import Rule, identity, linear
-from lift_jax.models.cogvideox.modeling import CogVideoXConfig
+from lift_jax.models.cogvideox.modeling import CogVideoXConfig, CogVideoXTransformer3D
 
 
 def transformer_rules(cfg: CogVideoXConfig) -> list[Rule]:
@@ -119,3 +121,10 @@ def diffusers_shapes(cfg: CogVideoXConfig) -> dict[str, tuple[int, ...]]:
     shapes[f"{b}.ff.net.0.proj.weight"], shapes[f"{b}.ff.net.0.proj.bias"] = (4 * d, d), (4 * d,)
     shapes[f"{b}.ff.net.2.weight"], shapes[f"{b}.ff.net.2.bias"] = (d, 4 * d), (d,)
   return shapes
+
+
+SPEC = ModelSpec(
+    kind="cogvideox-transformer", config_class=CogVideoXConfig, model_class=CogVideoXTransformer3D,
+    rules=transformer_rules, subfolder="transformer", name="the transformer",
+    parse=CogVideoXConfig.from_diffusers_config, dump=CogVideoXConfig.to_diffusers_config,
+    weights_name="diffusion_pytorch_model")

@@ -8,16 +8,9 @@
 
 from __future__ import annotations
 
-
-from flax import nnx
-from jax.sharding import Mesh
-
-from lift_jax.checkpoint import folders, store
-from lift_jax.checkpoint.safetensors import WeightFolder
-from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear
+from lift_jax.checkpoint.spec import ModelSpec
+from lift_jax.checkpoint.tables import Rule, identity, linear
 from lift_jax.models.llama.modeling import LlamaConfig, LlamaForCausalLM
-
-KIND = "llama"
 SUBFOLDER = "llm"
 IGNORED = ("model.layers.*.self_attn.rotary_emb.inv_freq",)
 
@@ -67,46 +60,15 @@ def ignored_keys(cfg: LlamaConfig) -> tuple[str, ...]:
   return IGNORED + (("lm_head.weight",) if cfg.tie_word_embeddings else ())
 
 
-def resolve_folder(path: str) -> str:
-  """Accepts the LLM folder itself or a VILA root holding `llm/`."""
-  return folders.vila_part(path, SUBFOLDER, "Llama")
+SPEC = ModelSpec(
+    kind="llama", config_class=LlamaConfig, model_class=LlamaForCausalLM, rules=llama_rules,
+    subfolder=SUBFOLDER, name="the Llama model", parse=LlamaConfig.from_hf_config,
+    dump=LlamaConfig.to_hf_config, ignore=ignored_keys, vila_root=True)
+KIND = SPEC.kind
 
-
-def llama_config(path: str, **runtime) -> LlamaConfig:
-  """The config of a transformers folder or converted checkpoint, with runtime overrides."""
-  return folders.model_config(path, kind=KIND, folder=resolve_folder,
-                              parse=lambda c: LlamaConfig.from_hf_config(c, **runtime),
-                              what="the Llama model's config.json")
-
-
-def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
-         mesh: Mesh | None = None, remat: str = "none", attention_impl: str = "auto",
-         progress: bool = False) -> LlamaForCausalLM:
-  """Loads a Llama-family causal LM from a transformers/VILA folder or a converted checkpoint.
-
-  `dtype` is the compute dtype; parameters are stored in `param_dtype` (default: `dtype`). With a
-  `mesh`, each parameter is placed directly onto its shards.
-  """
-  cfg = llama_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
-                     attention_impl=attention_impl)
-  make = lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
-  return folders.load_model(path, make, weights=lambda p: WeightFolder(resolve_folder(p)),
-                            rules=llama_rules(cfg), mesh=mesh, ignore=ignored_keys(cfg),
-                            progress=progress)
-
-
-def save(model: LlamaForCausalLM, dst: str, *, overwrite: bool = False) -> str:
-  """Writes a converted checkpoint that `load` reads back."""
-  return store.save_model(dst, KIND, model.config.to_hf_config(), model, overwrite=overwrite)
-
-
-def export(model: LlamaForCausalLM, dst: str, *, max_shard_bytes: int = 5 * 1024**3,
-           overwrite: bool = False) -> str:
-  """Writes a transformers `LlamaForCausalLM` folder (config.json + model safetensors, sharded with
-  an index past `max_shard_bytes`), the layout of VILA's `llm/`. Atomic (temporary name, rename)."""
-  return folders.export_folder(dst, model.config.to_hf_config(),
-                               export_tensors(model, llama_rules(model.config)),
-                               weights_name="model", max_shard_bytes=max_shard_bytes,
-                               overwrite=overwrite)
-
-
+load = SPEC.load  # (path, *, dtype, param_dtype, mesh, remat, attention_impl, progress)
+# Converted checkpoint out; transformers `LlamaForCausalLM` folder out (VILA's `llm/` layout);
+# config only.
+save = SPEC.save
+export = SPEC.export
+llama_config = SPEC.config
