@@ -85,10 +85,13 @@ def fit(trainer: Trainer, state: dict[str, Any], data: Iterator[dict[str, np.nda
         num_steps: int, checkpointer: TrainCheckpointer | None = None, save_every: int = 0,
         log_every: int = 10, writer: ScalarWriter | None = None, max_bad_steps: int = 10,
         flops_per_step: float | None = None, tokens_per_step: int | None = None,
-        progress: bool = True, history: list | None = None) -> dict[str, Any]:
+        progress: bool = True, history: list | None = None, profile_steps: int = 0,
+        profile_dir: str | None = None) -> dict[str, Any]:
   """Steps until `num_steps` (a global step count), saving every `save_every` and on SIGTERM.
 
   `history`, when given, receives one dict of host metrics per step (for reports and tests).
+  `profile_steps` > 0 writes a jax.profiler trace of that many steps to `profile_dir`, starting
+  with the second step of this run (the first one compiles).
   """
   start = int(jax.device_get(state["step"]))
   peak = peak_flops(jax.devices()[0])
@@ -100,8 +103,13 @@ def fit(trainer: Trainer, state: dict[str, Any], data: Iterator[dict[str, np.nda
   with _Preemption() as preemption:
     for step in range(start, num_steps):
       batch = next(data)
+      if profile_steps and step == start + 1:
+        jax.profiler.start_trace(profile_dir)
       t0 = time.perf_counter()
       state, metrics = trainer.step(state, batch)
+      if profile_steps and step == min(start + profile_steps, num_steps - 1) > start:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
       if (step + 1) % log_every == 0 or step + 1 == num_steps:
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
         dt = time.perf_counter() - t0
@@ -153,17 +161,18 @@ def tokens_per_sample(model_cfg, latent_shape) -> int:
 
 def run(config, workdir: str) -> dict[str, Any]:
   """The whole training job from a config (see configs/lift_2b.py); returns a summary."""
-  from lift_jax import parallel, runtime
+  from lift_jax import layers, parallel, runtime
   from lift_jax.data import loaders
   from lift_jax.diffusion.schedule import NoiseSchedule
   from lift_jax.lift.train import LossConfig, OptimConfig
   from lift_jax.models import cogvideox
 
-  runtime.setup(config.get("compilation_cache"))
+  runtime.setup(config.get("compilation_cache"), memory_fraction=config.get("memory_fraction"))
   parallel.initialize_distributed()
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(config.mesh.to_dict())
   mc = config.model
+  layers.configure_attention(**dict(mc.get("attention") or {}))
   model = cogvideox.load_transformer(mc.transformer, dtype=mc.dtype, param_dtype=mc.param_dtype,
                                      mesh=mesh, remat=mc.remat, attention_impl=mc.attention_impl)
   parallel.check_divisible(mesh, heads=model.config.num_attention_heads,
@@ -213,7 +222,8 @@ def run(config, workdir: str) -> dict[str, Any]:
                 save_every=config.checkpoint_every, log_every=config.log_every, writer=writer,
                 max_bad_steps=config.max_bad_steps, flops_per_step=flops or None,
                 tokens_per_step=config.data.batch_size * tokens_per_sample(model.config, (f, c, h, w)),
-                history=history)
+                history=history, profile_steps=config.get("profile_steps", 0),
+                profile_dir=os.path.join(workdir, "profile"))
   finally:
     writer.close()
     checkpointer.close()
