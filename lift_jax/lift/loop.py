@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
+from lift_jax import parallel
 from lift_jax.checkpoint.manager import TrainCheckpointer
 from lift_jax.lift import memory
 from lift_jax.lift.train import Trainer
@@ -42,7 +43,8 @@ class TooManyBadSteps(RuntimeError):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (so it can save first)."""
+  """Turns SIGTERM into a flag the loop checks between steps (so it can save first); the hosts
+  agree on it (`parallel.any_process`) before acting."""
 
   def __init__(self):
     self.requested = False
@@ -138,7 +140,8 @@ def fit(trainer: Trainer, state: dict[str, Any], data: Iterator[dict[str, np.nda
       if checkpointer and save_every and (step + 1) % save_every == 0:
         checkpointer.save(step + 1, state, data)
         saved_at = step + 1
-      if preemption.requested:
+      # Every host leaves at the same step (a SIGTERM may reach only one of them).
+      if parallel.any_process(preemption.requested):
         log.warning("SIGTERM: saving step %d before exit", step + 1)
         if checkpointer and saved_at != step + 1:
           checkpointer.save(step + 1, state, data, force=True)
@@ -161,7 +164,7 @@ def tokens_per_sample(model_cfg, latent_shape) -> int:
 
 def run(config, workdir: str) -> dict[str, Any]:
   """The whole training job from a config (see configs/lift_2b.py); returns a summary."""
-  from lift_jax import layers, parallel, runtime
+  from lift_jax import layers, runtime
   from lift_jax.data import loaders
   from lift_jax.diffusion.schedule import NoiseSchedule
   from lift_jax.lift.train import LossConfig, OptimConfig

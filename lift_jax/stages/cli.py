@@ -1,0 +1,102 @@
+"""One command line for every stage: `lift-jax <stage> [flags]` (and `python -m
+lift_jax.stages.<stage>`, `tools/<stage>.py`), all absl flags with an ml_collections config file
+and `--config.a.b=value` overrides.
+
+A stage module defines its flags in `define_flags()` (called only when it runs as the command, so
+importing stages as a library defines no flags) and its work in `stage(flags) -> summary`.
+`main` starts `jax.distributed` when the job is multi-process, runs the stage, prints its summary
+as JSON (process 0) and turns the errors a user can fix into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from typing import Callable, Sequence
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from lift_jax import parallel
+from lift_jax.checkpoint.safetensors import CheckpointError
+
+# `lift-jax <name>` -> the module under lift_jax.stages that runs it.
+COMMANDS = {
+    "generate": "generate",      # prompts -> videos + manifest.jsonl
+    "score": "score",            # videos -> critic answers -> rewards (scores.jsonl)
+    "prepare": "prepare",        # manifest + scores -> training set (latents, embeddings, rewards)
+    "train": "train",            # reward-weighted fine-tuning -> checkpoints, transformer
+    "loop": "loop",              # the whole LiFT loop in one resumable command
+    "convert": "convert",        # upstream <-> converted checkpoints (export)
+    "train-critic": "critic_train",   # LoRA SFT of the LiFT-Critic on HRA
+    "eval-critic": "critic_eval",     # the critic's label accuracy on an HRA split
+}
+# Errors from bad input: one line on stderr, exit code 2 (a traceback would hide the culprit).
+USER_ERRORS = (CheckpointError, FileNotFoundError, ValueError, parallel.DistributedSetupError)
+# The repository's configs/ folder when running from a checkout (defaults point into it).
+SOURCE_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs")
+
+
+def config_flag(default: str | None, help_text: str, name: str = "config"):
+  """`--config=FILE` (+ overrides). `default` (e.g. "configs/lift_2b.py") is used only when the
+  file exists (a source checkout); an installed package has no configs/, so --config is needed."""
+  if default:
+    for candidate in (default, os.path.join(SOURCE_CONFIGS, os.path.basename(default))):
+      if os.path.isfile(candidate):
+        return config_flags.DEFINE_config_file(name, candidate, help_text)
+  return config_flags.DEFINE_config_file(name, None, f"{help_text} (required)")
+
+
+def main(define_flags: Callable[[], dict], stage: Callable[[dict], dict],
+         argv: Sequence[str] | None = None, errors: tuple = ()) -> None:
+  """Defines the stage's flags, parses `argv` (default sys.argv) and runs it."""
+  before = set(flags.FLAGS)
+  holders = define_flags()
+  # --help lists the key flags of sys.argv[0] and prints __main__'s doc: make both the stage's
+  # whichever way it was started (module, tools/ wrapper, lift-jax command).
+  for name in sorted(set(flags.FLAGS) - before):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+  doc = sys.modules[stage.__module__].__doc__
+  if doc:
+    sys.modules["__main__"].__doc__ = doc
+
+  def body(args):
+    if len(args) > 1:
+      raise app.UsageError(f"unexpected arguments: {args[1:]}")
+    config = holders.get("config")
+    if config is not None and config.value is None:
+      raise app.UsageError("--config=FILE is required (e.g. --config=<clone>/configs/demo.py)")
+    try:
+      parallel.initialize_distributed()
+      summary = stage(holders)
+    except USER_ERRORS + tuple(errors) as err:
+      print(f"error: {err}", file=sys.stderr)
+      raise SystemExit(2)
+    if summary is not None and _process_index() == 0:
+      print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+
+  app.run(body, argv=list(argv) if argv is not None else None)
+
+
+def _process_index() -> int:
+  import jax
+  return jax.process_index()
+
+
+def lift_jax(argv: Sequence[str] | None = None) -> None:
+  """`lift-jax <command> [flags]`: runs one stage (see COMMANDS)."""
+  argv = list(sys.argv if argv is None else argv)
+  usage = "usage: lift-jax <command> [--help] [flags]\n\ncommands:\n" + "".join(
+      f"  {name}\n" for name in COMMANDS)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(usage)
+    raise SystemExit(0 if len(argv) >= 2 else 2)
+  command = argv[1]
+  if command not in COMMANDS:
+    print(f"error: unknown command {command!r}\n\n{usage}", file=sys.stderr)
+    raise SystemExit(2)
+  module = importlib.import_module(f"lift_jax.stages.{COMMANDS[command]}")
+  module.main([f"lift-jax {command}"] + argv[2:])
