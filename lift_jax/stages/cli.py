@@ -33,6 +33,7 @@ COMMANDS = {
     "train-critic": "critic_train",   # LoRA SFT of the LiFT-Critic on HRA
     "eval-critic": "critic_eval",     # the critic's label accuracy on an HRA split
 }
+_DEFINED: dict = {}  # define_flags -> the names of the flags it defined
 # Errors from bad input: one line on stderr, exit code 2 (a traceback would hide the culprit).
 USER_ERRORS = (CheckpointError, FileNotFoundError, ValueError, parallel.DistributedSetupError)
 # The repository's configs/ folder when running from a checkout (defaults point into it).
@@ -52,14 +53,27 @@ def config_flag(default: str | None, help_text: str, name: str = "config"):
 
 def main(define_flags: Callable[[], dict], stage: Callable[[dict], dict],
          argv: Sequence[str] | None = None, errors: tuple = ()) -> None:
-  """Defines the stage's flags, parses `argv` (default sys.argv) and runs it."""
+  """Defines the stage's flags (once per process), parses `argv` (default sys.argv) and runs it;
+  exits with 0, or 2 for a user error."""
+  argv = list(sys.argv if argv is None else argv)
+  for name in _DEFINED.pop(define_flags, ()):  # a second run in one process (tests)
+    delattr(flags.FLAGS, name)
+  if flags.FLAGS.is_parsed():
+    flags.FLAGS.unparse_flags()
   before = set(flags.FLAGS)
-  holders = define_flags()
+  # ml_collections registers the --config.<field> overrides it sees in sys.argv when the flag is
+  # defined: show it the arguments this run parses.
+  saved, sys.argv = sys.argv, argv
+  try:
+    holders = define_flags()
+  finally:
+    sys.argv = saved
+  _DEFINED[define_flags] = sorted(set(flags.FLAGS) - before)
   # --help lists the key flags of sys.argv[0] and prints __main__'s doc: make both the stage's
   # whichever way it was started (module, tools/ wrapper, lift-jax command).
-  for name in sorted(set(flags.FLAGS) - before):
+  for name in _DEFINED[define_flags]:
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-  doc = sys.modules[stage.__module__].__doc__
+  doc = sys.modules[define_flags.__module__].__doc__
   if doc:
     sys.modules["__main__"].__doc__ = doc
 
@@ -78,7 +92,7 @@ def main(define_flags: Callable[[], dict], stage: Callable[[dict], dict],
     if summary is not None and _process_index() == 0:
       print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
 
-  app.run(body, argv=list(argv) if argv is not None else None)
+  app.run(body, argv=argv)
 
 
 def _process_index() -> int:
