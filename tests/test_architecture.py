@@ -23,6 +23,8 @@ ALLOWED = {
     "diffusion": BASE | {"layers", "checkpoint", "models"},
     "lift": BASE | {"layers", "checkpoint", "models", "data", "diffusion", "demo_assets"},
     "demo_assets": BASE | {"layers", "checkpoint", "models"},
+    "stages": BASE | {"layers", "checkpoint", "models", "data", "diffusion", "lift",
+                      "demo_assets"},
 }
 # Known edges against the rule, each with the change that removes it.
 EXCEPTIONS = {

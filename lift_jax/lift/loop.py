@@ -242,4 +242,5 @@ def run(config, workdir: str) -> dict[str, Any]:
       f.writelines(json.dumps(h) + "\n" for h in history)
     with open(os.path.join(workdir, "train_summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
+  parallel.barrier(f"train-summary:{workdir}")  # on every host once it is there
   return summary

@@ -3,12 +3,17 @@
   generate → score → prepare (join rewards, encode latents/embeddings) → train
   → eval_base (held-out prompts, base model) → eval_tuned (held-out prompts, fine-tuned) → report
 
-Each stage runs its tool (`tools/generate.py`, `score.py`, `prepare_data.py`, `train.py`) in a
+Each stage runs its module (`python -m lift_jax.stages.generate`, `score`, `prepare`, `train`) in a
 child process with the run's Python, writing under `WORKDIR/<stage>/`, and leaves
 `WORKDIR/<stage>/DONE.json` when complete. A re-run skips completed stages and resumes an
 interrupted one (the tools themselves resume: generate and score skip finished videos, train
 restarts from its newest checkpoint). With `rounds: N` the generate → score → prepare → train
 stages repeat, each round starting from the previous round's fine-tuned transformer.
+
+On several hosts the same command runs on each: every stage's child processes form one
+jax.distributed job (each host's child finds the others through the environment it inherits), and
+only process 0 writes the run's own files (config.json, the demo models, DONE.json, the report).
+The next stage's start-up waits for every host, so no host reads what process 0 has not written.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOOLS = os.path.join(ROOT, "tools")
+from lift_jax.parallel import distributed
+
+# The folder lift_jax is imported from (the child processes import it from there too), and the
+# source checkout's root when running from one (relative stage configs may be found there).
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES = ("generate", "score", "prepare", "train", "eval_base", "eval_tuned", "report")
 DONE = "DONE.json"
 
@@ -50,14 +58,19 @@ def _flags(prefix: str, overrides: Sequence[str] | None) -> list[str]:
 
 
 def _tool(name: str, args: list[str], log_path: str) -> None:
-  """Runs tools/<name> in a child process, teeing its output to `log_path`."""
-  cmd = [sys.executable, os.path.join(TOOLS, name)] + args
+  """Runs `python -m lift_jax.stages.<name>` in a child process, teeing its output to `log_path`
+  (each host its own log: log.txt for process 0, log-<i>.txt for the others)."""
+  cmd = [sys.executable, "-m", f"lift_jax.stages.{name}"] + args
+  index = distributed.process_index_from_env()
+  if index:
+    log_path = f"{os.path.splitext(log_path)[0]}-{index}.txt"
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  path = os.pathsep.join(p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
+  env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
   with open(log_path, "a", encoding="utf-8") as log:
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
       log.write(line)
@@ -85,9 +98,15 @@ def _mean_reward(scores: str) -> float | None:
 class Run:
   """The stages of one config in one work dir."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, config_file: str | None = None):
     self.config = config
     self.workdir = os.path.abspath(workdir)
+    # Relative stage configs ("configs/lift_5b.py") are looked up from the working directory,
+    # then beside the run config (its folder and the folder above), then in the source checkout.
+    here = os.path.dirname(os.path.abspath(config_file)) if config_file else None
+    self.config_roots = [os.getcwd()] + ([os.path.dirname(here), here] if here else []) + [
+        PACKAGE_PARENT]
+    self.primary = distributed.process_index_from_env() == 0
     self.paths: dict[str, str] = {}
     # The demo creates its own tiny models (an empty `demo_assets` block means the defaults).
     self.demo = config.get("demo_assets") is not None
@@ -110,8 +129,9 @@ class Run:
           raise ConfigError(f"config.{key}: prompt file {path} holds no prompt")
     for key in ("generate", "score", "train"):
       sub = c[key].get("config")
-      if sub and not os.path.isfile(os.path.join(ROOT, sub) if not os.path.isabs(sub) else sub):
-        raise ConfigError(f"config.{key}.config: {sub} does not exist")
+      if sub and self.stage_config(sub) is None:
+        raise ConfigError(f"config.{key}.config: {sub} does not exist (looked in "
+                          f"{', '.join(self.config_roots)})")
     if c.get("real") and not os.path.isfile(c.real):
       raise ConfigError(f"config.real: {c.real} does not exist")
     if not self.demo:
@@ -120,6 +140,14 @@ class Run:
         if not path or not os.path.exists(path):
           raise ConfigError(f"config.models.{key}: {path!r} does not exist")
 
+  def stage_config(self, path: str) -> str | None:
+    """A stage's config file as an absolute path, or None when not found."""
+    for root in ([""] if os.path.isabs(path) else self.config_roots):
+      candidate = os.path.join(root, path)
+      if os.path.isfile(candidate):
+        return os.path.abspath(candidate)
+    return None
+
   def resolve_models(self, create: bool) -> None:
     """Model paths. For the demo the tiny models live under WORKDIR/assets; `create` builds them
     (in their upstream layouts) once every input check has passed."""
@@ -127,7 +155,7 @@ class Run:
     if self.demo:
       from lift_jax import demo_assets
       root = os.path.join(self.workdir, "assets")
-      if create:
+      if create and self.primary:  # the other hosts' first stage waits for process 0's
         demo_assets.make_demo_assets(
             root, seed=c.get("seed", 0),
             config={**c.demo_assets.to_dict(), "prompts": [c.prompts, c.eval_prompts]})
@@ -144,23 +172,23 @@ class Run:
 
   def _generate(self, name: str, prompts: str, transformer: str, seed: int) -> dict:
     c, out = self.config, self._dir(name)
-    args = [f"--config={c.generate.config}", f"--prompts={prompts}", f"--out={out}",
+    args = [f"--config={self.stage_config(c.generate.config)}", f"--prompts={prompts}", f"--out={out}",
             f"--model={self.paths['pipeline']}", f"--config.model.transformer={transformer}",
             f"--config.seed={seed}", "--noprogress"]
-    _tool("generate.py", args + _flags("config.", c.generate.get("overrides")),
+    _tool("generate", args + _flags("config.", c.generate.get("overrides")),
           os.path.join(out, "log.txt"))
     return {"manifest": os.path.join(out, "manifest.jsonl")}
 
   def _score(self, name: str, manifest: str) -> dict:
     c, out = self.config, self._dir(name)
     scores = os.path.join(out, "scores.jsonl")
-    args = [f"--config={c.score.config}", f"--manifest={manifest}", f"--out={scores}",
+    args = [f"--config={self.stage_config(c.score.config)}", f"--manifest={manifest}", f"--out={scores}",
             f"--critic={self.paths['critic']}", "--noprogress"]
     if c.score.get("mode"):
       args.append(f"--mode={c.score.mode}")
     if c.models.get("critic_lora"):
       args.append(f"--lora={c.models.critic_lora}")
-    _tool("score.py", args + _flags("config.", c.score.get("overrides")),
+    _tool("score", args + _flags("config.", c.score.get("overrides")),
           os.path.join(out, "log.txt"))
     return {"scores": scores, "mean_reward": _mean_reward(scores)}
 
@@ -168,18 +196,18 @@ class Run:
     c, out = self.config, self._dir(name)
     dataset = os.path.join(out, "dataset")
     args = [f"--manifest={manifest}", f"--scores={scores}", f"--out={dataset}", "--overwrite",
-            f"--model={self.paths['pipeline']}", "--no_progress"]
+            f"--model={self.paths['pipeline']}", "--noprogress"]
     if c.get("real"):
-      args += [f"--real={c.real}", f"--real_weight={c.get('real_weight', 1.0)}"]
-    args += _flags("", c.prepare.get("args"))
-    _tool("prepare_data.py", args, os.path.join(out, "log.txt"))
+      args += [f"--real={c.real}", f"--config.real_weight={c.get('real_weight', 1.0)}"]
+    args += _flags("config.", c.prepare.get("args"))
+    _tool("prepare", args, os.path.join(out, "log.txt"))
     return {"dataset": dataset}
 
   def _train(self, name: str, dataset: str, transformer: str) -> dict:
     c, out = self.config, self._dir(name)
-    args = [f"--config={c.train.config}", f"--workdir={out}",
+    args = [f"--config={self.stage_config(c.train.config)}", f"--workdir={out}",
             f"--config.model.transformer={transformer}", f"--config.data.dir={dataset}"]
-    _tool("train.py", args + _flags("config.", c.train.get("overrides")),
+    _tool("train", args + _flags("config.", c.train.get("overrides")),
           os.path.join(out, "log.txt"))
     summary = _read_json(os.path.join(out, "train_summary.json"))
     if "transformer" not in summary:
@@ -189,6 +217,8 @@ class Run:
 
   def _report(self) -> dict:
     from lift_jax.lift import report
+    if not self.primary:
+      return {}
     last = int(self.config.get("rounds", 1))
     out = os.path.join(self.workdir, "report.html")
     report.write_report(
@@ -262,8 +292,9 @@ class Run:
           raise ConfigError(f"stage {stage.name} needs {need}, made by stage {producer.name}: "
                             f"run it first (add '{producer.kind}' to --stages)")
     os.makedirs(self.workdir, exist_ok=True)
-    with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-      json.dump(self.config.to_dict(), f, indent=2, default=str)
+    if self.primary:
+      with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(self.config.to_dict(), f, indent=2, default=str)
     self.resolve_models(create=True)
     results = {}
     for stage in plan:
@@ -276,9 +307,10 @@ class Run:
       start = time.perf_counter()
       summary = dict(stage.run() or {}, seconds=round(time.perf_counter() - start, 1))
       os.makedirs(self._dir(stage.name), exist_ok=True)
-      with open(done + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, default=str)
-      os.replace(done + ".tmp", done)
+      if self.primary:
+        with open(done + ".tmp", "w", encoding="utf-8") as f:
+          json.dump(summary, f, indent=2, default=str)
+        os.replace(done + ".tmp", done)
       print(f"[lift] {stage.name}: {json.dumps(summary, default=str)}", flush=True)
       results[stage.name] = summary
     return results

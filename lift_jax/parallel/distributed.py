@@ -74,6 +74,19 @@ def plan(env: Mapping[str, str] | None = None, tpu_vm: bool | None = None) -> di
   return {} if tpu_vm else None
 
 
+def process_index_from_env(env: Mapping[str, str] | None = None) -> int:
+  """This process's index as the launcher's environment states it (JAX_PROCESS_ID, SLURM_PROCID,
+  OMPI_COMM_WORLD_RANK, TPU_WORKER_ID / CLOUD_TPU_TASK_ID), without starting jax.distributed:
+  for a parent process (the loop runner) that only starts the stages' jobs. 0 when none is set."""
+  env = os.environ if env is None else env
+  for var in ("JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "TPU_WORKER_ID",
+              "CLOUD_TPU_TASK_ID"):
+    value = env.get(var, "").strip()
+    if value.isdigit():
+      return int(value)
+  return 0
+
+
 def initialize() -> None:
   """`jax.distributed.initialize()` once, when the job is multi-process (see the module doc)."""
   if jax.distributed.is_initialized():

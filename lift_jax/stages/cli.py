@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -29,7 +30,8 @@ COMMANDS = {
     "prepare": "prepare",        # manifest + scores -> training set (latents, embeddings, rewards)
     "train": "train",            # reward-weighted fine-tuning -> checkpoints, transformer
     "loop": "loop",              # the whole LiFT loop in one resumable command
-    "convert": "convert",        # upstream <-> converted checkpoints (export)
+    "convert": "convert",        # upstream PyTorch folders -> converted checkpoints
+    "export": "convert:export_main",  # converted / fine-tuned -> upstream (diffusers) layout
     "train-critic": "critic_train",   # LoRA SFT of the LiFT-Critic on HRA
     "eval-critic": "critic_eval",     # the critic's label accuracy on an HRA split
 }
@@ -52,9 +54,10 @@ def config_flag(default: str | None, help_text: str, name: str = "config"):
 
 
 def main(define_flags: Callable[[], dict], stage: Callable[[dict], dict],
-         argv: Sequence[str] | None = None, errors: tuple = ()) -> None:
+         argv: Sequence[str] | None = None, errors: tuple = (), distributed: bool = True) -> None:
   """Defines the stage's flags (once per process), parses `argv` (default sys.argv) and runs it;
-  exits with 0, or 2 for a user error."""
+  exits with 0, or 2 for a user error. `distributed=False`: the command only starts other jobs (the
+  loop), so it must not hold the coordinator its children need."""
   argv = list(sys.argv if argv is None else argv)
   for name in _DEFINED.pop(define_flags, ()):  # a second run in one process (tests)
     delattr(flags.FLAGS, name)
@@ -84,7 +87,8 @@ def main(define_flags: Callable[[], dict], stage: Callable[[dict], dict],
     if config is not None and config.value is None:
       raise app.UsageError("--config=FILE is required (e.g. --config=<clone>/configs/demo.py)")
     try:
-      parallel.initialize_distributed()
+      if distributed:
+        parallel.initialize_distributed()
       summary = stage(holders)
     except USER_ERRORS + tuple(errors) as err:
       print(f"error: {err}", file=sys.stderr)
@@ -96,8 +100,9 @@ def main(define_flags: Callable[[], dict], stage: Callable[[dict], dict],
 
 
 def _process_index() -> int:
-  import jax
-  return jax.process_index()
+  if jax.distributed.is_initialized():
+    return jax.process_index()
+  return parallel.distributed.process_index_from_env()
 
 
 def lift_jax(argv: Sequence[str] | None = None) -> None:
@@ -112,5 +117,6 @@ def lift_jax(argv: Sequence[str] | None = None) -> None:
   if command not in COMMANDS:
     print(f"error: unknown command {command!r}\n\n{usage}", file=sys.stderr)
     raise SystemExit(2)
-  module = importlib.import_module(f"lift_jax.stages.{COMMANDS[command]}")
-  module.main([f"lift-jax {command}"] + argv[2:])
+  module_name, _, function = COMMANDS[command].partition(":")
+  module = importlib.import_module(f"lift_jax.stages.{module_name}")
+  getattr(module, function or "main")([f"lift-jax {command}"] + argv[2:])
