@@ -5,7 +5,7 @@ and `--config.a.b=value` overrides.
 A stage module defines its flags in `define_flags()` (called only when it runs as the command, so
 importing stages as a library defines no flags) and its work in `stage(flags) -> summary`.
 `main` starts `jax.distributed` when the job is multi-process, runs the stage, prints its summary
-as JSON (process 0) and turns the errors a user can fix into one line and exit code 2.
+as JSON and turns the errors a user can fix into one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 import sys
 from typing import Callable, Sequence
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -33,7 +32,6 @@ COMMANDS = {
     "convert": "convert",        # upstream PyTorch folders -> converted checkpoints
     "export": "convert:export_main",  # converted / fine-tuned -> upstream (diffusers) layout
     "train-critic": "critic_train",   # LoRA SFT of the LiFT-Critic on HRA
-    "eval-critic": "critic_eval",     # the critic's label accuracy on an HRA split
 }
 _DEFINED: dict = {}  # define_flags -> the names of the flags it defined
 # Errors from bad input: one line on stderr, exit code 2 (a traceback would hide the culprit).
@@ -80,6 +78,10 @@ def main(define_flags: Callable[[], dict], stage: Callable[[dict], dict],
   if doc:
     sys.modules["__main__"].__doc__ = doc
 
+  if any(a in ("--help", "-h", "-?", "--helpshort") for a in argv[1:]):
+    app.usage(shorthelp=True, writeto_stdout=True)  # exit 0 (absl's own --help exits 1)
+    raise SystemExit(0)
+
   def body(args):
     if len(args) > 1:
       raise app.UsageError(f"unexpected arguments: {args[1:]}")
@@ -93,16 +95,10 @@ def main(define_flags: Callable[[], dict], stage: Callable[[dict], dict],
     except USER_ERRORS + tuple(errors) as err:
       print(f"error: {err}", file=sys.stderr)
       raise SystemExit(2)
-    if summary is not None and _process_index() == 0:
+    if summary is not None:  # every process: its own share's summary, in its own log
       print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
 
   app.run(body, argv=argv)
-
-
-def _process_index() -> int:
-  if jax.distributed.is_initialized():
-    return jax.process_index()
-  return parallel.distributed.process_index_from_env()
 
 
 def lift_jax(argv: Sequence[str] | None = None) -> None:

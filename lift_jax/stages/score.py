@@ -286,7 +286,7 @@ def score_manifest(scorer: Scorer, manifest: str, out: str, *, overwrite: bool =
   out = os.path.abspath(out)
   unparsed_path, summary_path = output_paths(out)
   own_out = shards.shard_path(out)  # this process's scores (`out` itself for one process)
-  own_unparsed = output_paths(own_out)[0]
+  own_unparsed = shards.shard_path(unparsed_path)
   os.makedirs(os.path.dirname(out), exist_ok=True)
   items = read_inputs(manifest, video_root)
   if overwrite:
