@@ -172,8 +172,9 @@ class Run:
 
   def _generate(self, name: str, prompts: str, transformer: str, seed: int) -> dict:
     c, out = self.config, self._dir(name)
-    args = [f"--config={self.stage_config(c.generate.config)}", f"--prompts={prompts}", f"--out={out}",
-            f"--model={self.paths['pipeline']}", f"--config.model.transformer={transformer}",
+    args = [f"--config={self.stage_config(c.generate.config)}", f"--prompts={prompts}",
+            f"--out={out}", f"--model={self.paths['pipeline']}",
+            f"--config.model.transformer={transformer}",
             f"--config.seed={seed}", "--noprogress"]
     _tool("generate", args + _flags("config.", c.generate.get("overrides")),
           os.path.join(out, "log.txt"))
@@ -182,8 +183,8 @@ class Run:
   def _score(self, name: str, manifest: str) -> dict:
     c, out = self.config, self._dir(name)
     scores = os.path.join(out, "scores.jsonl")
-    args = [f"--config={self.stage_config(c.score.config)}", f"--manifest={manifest}", f"--out={scores}",
-            f"--critic={self.paths['critic']}", "--noprogress"]
+    args = [f"--config={self.stage_config(c.score.config)}", f"--manifest={manifest}",
+            f"--out={scores}", f"--critic={self.paths['critic']}", "--noprogress"]
     if c.score.get("mode"):
       args.append(f"--mode={c.score.mode}")
     if c.models.get("critic_lora"):

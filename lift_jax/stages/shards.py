@@ -1,9 +1,10 @@
 """Per-host shard files of a multi-process stage and their merge.
 
 Each process takes its share of the work by global index (`parallel.process_share`), appends its
-rows to its own `NAME-00000-of-00002.jsonl` beside the single file `NAME.jsonl`, and after a barrier
-process 0 merges the shards into `NAME.jsonl` (rows in global-index order) and removes them. With one
-process the shard *is* `NAME.jsonl`, so a single-host run writes exactly what it always did.
+rows to its own `NAME-00000-of-00002.jsonl` beside the single file `NAME.jsonl`, and after a
+barrier process 0 merges the shards into `NAME.jsonl` (rows in global-index order) and removes
+them. With one process the shard *is* `NAME.jsonl`, so a single-host run writes exactly what it
+always did.
 """
 
 from __future__ import annotations
