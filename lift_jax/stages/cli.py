@@ -57,8 +57,10 @@ def main(define_flags: Callable[[], dict], stage: Callable[[dict], dict],
   exits with 0, or 2 for a user error. `distributed=False`: the command only starts other jobs (the
   loop), so it must not hold the coordinator its children need."""
   argv = list(sys.argv if argv is None else argv)
-  for name in _DEFINED.pop(define_flags, ()):  # a second run in one process (tests)
-    delattr(flags.FLAGS, name)
+  for names in _DEFINED.values():  # a second command in one process (tests)
+    for name in names:
+      delattr(flags.FLAGS, name)
+  _DEFINED.clear()
   if flags.FLAGS.is_parsed():
     flags.FLAGS.unparse_flags()
   before = set(flags.FLAGS)
