@@ -57,15 +57,16 @@ def _flags(prefix: str, overrides: Sequence[str] | None) -> list[str]:
   return out
 
 
-def _tool(name: str, args: list[str], log_path: str) -> None:
+def _tool(name: str, args: list[str], log_path: str, paths: Sequence[str] = ()) -> None:
   """Runs `python -m lift_jax.stages.<name>` in a child process, teeing its output to `log_path`
-  (each host its own log: log.txt for process 0, log-<i>.txt for the others)."""
+  (each host its own log: log.txt for process 0, log-<i>.txt for the others). `paths` go on the
+  child's import path (the config files' root, for configs importing each other)."""
   cmd = [sys.executable, "-m", f"lift_jax.stages.{name}"] + args
   index = distributed.process_index_from_env()
   if index:
     log_path = f"{os.path.splitext(log_path)[0]}-{index}.txt"
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
-  path = os.pathsep.join(p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
+  path = os.pathsep.join(p for p in (PACKAGE_PARENT, *paths, os.environ.get("PYTHONPATH")) if p)
   env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
   with open(log_path, "a", encoding="utf-8") as log:
     log.write(f"\n$ {' '.join(cmd)}\n")
@@ -107,6 +108,8 @@ class Run:
     self.config_roots = [os.getcwd()] + ([os.path.dirname(here), here] if here else []) + [
         PACKAGE_PARENT]
     self.primary = distributed.process_index_from_env() == 0
+    # Config files import each other as `configs.<name>`: their root goes on the children's path.
+    self.import_paths = [os.path.dirname(here)] if here else []
     self.paths: dict[str, str] = {}
     # The demo creates its own tiny models (an empty `demo_assets` block means the defaults).
     self.demo = config.get("demo_assets") is not None
@@ -177,7 +180,7 @@ class Run:
             f"--config.model.transformer={transformer}",
             f"--config.seed={seed}", "--noprogress"]
     _tool("generate", args + _flags("config.", c.generate.get("overrides")),
-          os.path.join(out, "log.txt"))
+          os.path.join(out, "log.txt"), self.import_paths)
     return {"manifest": os.path.join(out, "manifest.jsonl")}
 
   def _score(self, name: str, manifest: str) -> dict:
@@ -190,7 +193,7 @@ class Run:
     if c.models.get("critic_lora"):
       args.append(f"--lora={c.models.critic_lora}")
     _tool("score", args + _flags("config.", c.score.get("overrides")),
-          os.path.join(out, "log.txt"))
+          os.path.join(out, "log.txt"), self.import_paths)
     return {"scores": scores, "mean_reward": _mean_reward(scores)}
 
   def _prepare(self, name: str, manifest: str, scores: str) -> dict:
@@ -201,7 +204,7 @@ class Run:
     if c.get("real"):
       args += [f"--real={c.real}", f"--config.real_weight={c.get('real_weight', 1.0)}"]
     args += _flags("config.", c.prepare.get("args"))
-    _tool("prepare", args, os.path.join(out, "log.txt"))
+    _tool("prepare", args, os.path.join(out, "log.txt"), self.import_paths)
     return {"dataset": dataset}
 
   def _train(self, name: str, dataset: str, transformer: str) -> dict:
@@ -209,7 +212,7 @@ class Run:
     args = [f"--config={self.stage_config(c.train.config)}", f"--workdir={out}",
             f"--config.model.transformer={transformer}", f"--config.data.dir={dataset}"]
     _tool("train", args + _flags("config.", c.train.get("overrides")),
-          os.path.join(out, "log.txt"))
+          os.path.join(out, "log.txt"), self.import_paths)
     summary = _read_json(os.path.join(out, "train_summary.json"))
     if "transformer" not in summary:
       raise RuntimeError(f"{name}: training stopped at step {summary.get('steps')} of "

@@ -57,6 +57,7 @@ def main(define_flags: Callable[[], dict], stage: Callable[[dict], dict],
   exits with 0, or 2 for a user error. `distributed=False`: the command only starts other jobs (the
   loop), so it must not hold the coordinator its children need."""
   argv = list(sys.argv if argv is None else argv)
+  _config_root_on_path(argv)
   for names in _DEFINED.values():  # a second command in one process (tests)
     for name in names:
       delattr(flags.FLAGS, name)
@@ -101,6 +102,18 @@ def main(define_flags: Callable[[], dict], stage: Callable[[dict], dict],
       print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
 
   app.run(body, argv=argv)
+
+
+def _config_root_on_path(argv: Sequence[str]) -> None:
+  """Config files import each other (`from configs import lift_2b`): the folder above a --config
+  file's folder goes on the import path, so an installed package reads a checkout's configs."""
+  for i, arg in enumerate(argv):
+    path = arg[len("--config="):] if arg.startswith("--config=") else (
+        argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+    if path and os.path.isfile(path):
+      root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+      if root not in sys.path:
+        sys.path.append(root)
 
 
 def lift_jax(argv: Sequence[str] | None = None) -> None:
