@@ -111,6 +111,14 @@ def any_process(flag: bool) -> bool:
   return bool(np.asarray(flags).any())
 
 
+def host_array(x) -> np.ndarray:
+  """The whole value of `x` on this process, also when it is sharded over several hosts (then a
+  collective: every process calls it for the same arrays in the same order)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
 def barrier(name: str) -> None:
   """All processes reach this point before any goes on (no-op for one process)."""
   if jax.process_count() > 1:
