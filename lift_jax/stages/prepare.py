@@ -4,6 +4,13 @@ its caption) and write TFDS ArrayRecord shards for training.
   lift-jax prepare --manifest work/videos/manifest.jsonl --scores work/scores.jsonl \
       [--real real.jsonl --config.real_weight=1.0] --model CogVideoX-2b --out work/prepared \
       [--config.num_frames=49 --config.height=480 --config.width=720 --config.dtype=bfloat16]
+  lift-jax prepare --data_json dataset/data.json [--video_root dataset] \
+      --model CogVideoX-2b --out work/prepared        # LiFT's own fine-tuning list
+
+Real videos weigh λ (--config.real_weight, stored as their reward; the trainer reads it from
+there). --export_data_json writes the joined list in LiFT's data.json layout (for its official
+trainer). Clips longer than num_frames take every (n // num_frames)-th frame (LiFT's trainer;
+--config.frame_sampling=first takes the first ones).
 
 --model is a diffusers pipeline root (vae/, text_encoder/, tokenizer/); --vae, --t5 and
 --tokenizer point at the parts separately (diffusers folders or converted checkpoints).
@@ -37,7 +44,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from lift_jax import parallel, runtime
-from lift_jax.data import generated, records as records_lib, video
+from lift_jax.data import generated, lift_files, records as records_lib, video
 from lift_jax.models.cogvideox.vae_params import load_vae
 from lift_jax.models.t5.params import load_encoder
 from lift_jax.models.t5.tokenizer import CogVideoXTokenizer
@@ -85,7 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
       dtype="float32",              # compute dtype of the VAE and T5 (float32/bfloat16/float16)
       vae_tiling=True,              # encode in spatial tiles as LiFT's trainer does
       num_frames=49, height=480, width=720,
-      frame_sampling="first",       # first N frames, N uniformly spread, or LiFT's stride rule
+      frame_sampling="stride",      # LiFT's stride rule, the first N frames, or N uniformly spread
       resize="squash",              # squash to HxW (LiFT's trainer) or scale and center-crop
       latent_dtype="float32", embed_dtype="bfloat16",
       text_batch=8,                 # captions per T5 call
@@ -153,20 +160,40 @@ def _write_from_parts(parts: str, out: str, *, scaling_factor: float, clip, cfg,
   return report
 
 
-def run(cfg, manifest: str, scores: str, out: str, *, real: str | None = None,
+def join_inputs(cfg, manifest: str | None, scores: str | None, real: str | None,
+                data_json: str | None, video_root: str | None) -> records_lib.JoinResult:
+  """The records to prepare: manifest + scores (+ real videos at λ), or LiFT's data.json."""
+  if data_json:
+    if manifest or scores or real:
+      raise ValueError("--data_json replaces --manifest/--scores/--real: pass one or the other")
+    joined = records_lib.JoinResult(lift_files.read_data_json(data_json, video_root))
+    if not joined.records:
+      raise ValueError(f"no records: {data_json} is an empty list")
+    return joined
+  if not (manifest and scores):
+    raise ValueError("pass --manifest and --scores (the loop's files) or --data_json (LiFT's)")
+  joined = records_lib.join_records(manifest, scores, real, real_weight=cfg.real_weight)
+  if not joined.records:
+    raise ValueError(f"no records: nothing in {manifest} has a score in {scores}")
+  return joined
+
+
+def run(cfg, manifest: str | None, scores: str | None, out: str, *, real: str | None = None,
         model: str | None = None, vae: str | None = None, t5: str | None = None,
         tokenizer: str | None = None, overwrite: bool = False, progress: bool = True,
-        encoders: Encoders | None = None) -> dict:
-  """Joins `manifest` and `scores` (and `real`), encodes every video once and writes the dataset
-  to `out`; returns the summary. `encoders` replaces the real models (tests)."""
+        data_json: str | None = None, video_root: str | None = None,
+        export_data_json: str | None = None, encoders: Encoders | None = None) -> dict:
+  """Joins `manifest` and `scores` (and `real`), or reads LiFT's `data_json`, encodes every video
+  once and writes the dataset to `out`; returns the summary. `encoders` replaces the real models
+  (tests)."""
   _check(cfg)
   runtime.setup(cfg.compilation_cache)
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-  joined = records_lib.join_records(manifest, scores, real, real_weight=cfg.real_weight)
-  if not joined.records:
-    raise ValueError(f"no records: nothing in {manifest} has a score in {scores}")
+  joined = join_inputs(cfg, manifest, scores, real, data_json, video_root)
+  if export_data_json and jax.process_index() == 0:
+    lift_files.write_data_json(export_data_json, joined.records)
   if encoders is None:
     vae_path, t5_path, tok_path = vae or model, t5 or model, tokenizer or t5 or model
     if not (vae_path and t5_path and tok_path):
@@ -175,7 +202,9 @@ def run(cfg, manifest: str, scores: str, out: str, *, real: str | None = None,
                              text_batch=cfg.text_batch, vae_tiling=cfg.vae_tiling)
   clip = generated.ClipOptions(cfg.num_frames, cfg.height, cfg.width, cfg.frame_sampling,
                                cfg.resize)
-  metadata = {"manifest": os.path.abspath(manifest), "scores": os.path.abspath(scores),
+  metadata = {"manifest": manifest and os.path.abspath(manifest),
+              "scores": scores and os.path.abspath(scores),
+              "data_json": data_json and os.path.abspath(data_json),
               "real": real and os.path.abspath(real), "real_weight": cfg.real_weight,
               "unscored": len(joined.unscored)}
   if jax.process_count() == 1:
@@ -208,9 +237,14 @@ def define_flags() -> dict:
       config=config_flags.DEFINE_config_dict("config", default_config(),
                                              "clip, encoder and storage settings"),
       manifest=flags.DEFINE_string("manifest", None, "generate's manifest.jsonl "
-                                   "({prompt, seed, path})", required=True),
-      scores=flags.DEFINE_string("scores", None, "score's scores.jsonl ({path, labels, reward})",
-                                 required=True),
+                                   "({prompt, seed, path})"),
+      scores=flags.DEFINE_string("scores", None, "score's scores.jsonl ({path, labels, reward})"),
+      data_json=flags.DEFINE_string("data_json", None, "instead of --manifest/--scores: LiFT's "
+                                    "fine-tuning list, a JSON list of {video, caption, score}"),
+      video_root=flags.DEFINE_string("video_root", None, "folder --data_json's videos are under "
+                                     "(default: its folder)"),
+      export_data_json=flags.DEFINE_string("export_data_json", None, "also write the joined "
+                                           "records as LiFT's data.json here"),
       real=flags.DEFINE_string("real", None, "optional real videos, JSONL of {path, caption}"),
       out=flags.DEFINE_string("out", None, "output dataset folder", required=True),
       overwrite=flags.DEFINE_bool("overwrite", False, "replace an existing --out"),
@@ -230,7 +264,9 @@ def stage(f: dict, encoders: Encoders | None = None) -> dict:
   return run(f["config"].value, f["manifest"].value, f["scores"].value, f["out"].value,
              real=f["real"].value, model=f["model"].value, vae=f["vae"].value, t5=f["t5"].value,
              tokenizer=f["tokenizer"].value, overwrite=f["overwrite"].value,
-             progress=f["progress"].value, encoders=encoders)
+             progress=f["progress"].value, data_json=f["data_json"].value,
+             video_root=f["video_root"].value, export_data_json=f["export_data_json"].value,
+             encoders=encoders)
 
 
 def main(argv=None, encoders: Encoders | None = None) -> None:
