@@ -1,6 +1,6 @@
 """Data: video files, the reward dataset (records, prepared latents) and grain loaders.
 
-Importing this package is cheap: PyAV, tensorflow_datasets and grain load on first use.
+PyAV, tensorflow_datasets and grain load on first use.
 """
 
 from lift_jax.data.records import (JoinResult, RewardRecord, join_records, read_jsonl,

@@ -54,20 +54,24 @@ def _text(row: dict, key: str, where: str) -> str:
   return value
 
 
+def _video_caption(row: dict, where: str) -> tuple[str, str]:
+  video = _text(row, "video", where)
+  caption = row.get("caption")
+  if not isinstance(caption, str):
+    raise ValueError(f"{where}: missing field 'caption' (has {sorted(row)})")
+  return video, caption
+
+
 def read_critic_inputs(path: str, video_root: str | None = None) -> list[dict[str, Any]]:
   """LiFT's test.json -> rows {"row", "resolved", "caption"} (the score stage's input rows);
   "video" resolves against `video_root` (default: the file's folder)."""
   root = os.path.abspath(video_root or os.path.dirname(os.path.abspath(path)))
   rows, seen = [], set()
   for i, row in enumerate(read_list(path, "LiFT's critic input list (test.json)")):
-    where = f"{path}[{i}]"
-    video = _text(row, "video", where)
-    caption = row.get("caption")
-    if not isinstance(caption, str):
-      raise ValueError(f"{where}: missing field 'caption' (has {sorted(row)})")
+    video, caption = _video_caption(row, f"{path}[{i}]")
     resolved = os.path.normpath(os.path.join(root, os.path.expanduser(video)))
     if resolved in seen:
-      raise ValueError(f"{where}: video {resolved} is listed twice")
+      raise ValueError(f"{path}[{i}]: video {resolved} is listed twice")
     seen.add(resolved)
     rows.append({"row": row, "resolved": resolved, "caption": caption})
   return rows
@@ -107,10 +111,7 @@ def read_data_json(path: str, video_root: str | None = None) -> list[RewardRecor
   out = []
   for i, row in enumerate(read_list(path, "LiFT's fine-tuning list (data.json)")):
     where = f"{path}[{i}]"
-    video = _text(row, "video", where)
-    caption = row.get("caption")
-    if not isinstance(caption, str):
-      raise ValueError(f"{where}: missing field 'caption' (has {sorted(row)})")
+    video, caption = _video_caption(row, where)
     try:
       score = float(row.get("score"))
     except (TypeError, ValueError):

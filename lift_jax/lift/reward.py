@@ -11,9 +11,8 @@ reading, which returns None for an answer that does not begin with a label, so t
 it and the video is not given a made-up score. `LabelStats` counts the answers the strict
 reading rejects under either rule.
 
-The score map's numbers live in `lift_jax.data.records.LABEL_SCORES` (the data package must stay
-importable without JAX, and this one imports JAX through `lift_jax.lift`); they are read from there,
-so the two stages cannot disagree.
+The score map's numbers live in `lift_jax.data.records.LABEL_SCORES` (the data package imports
+nothing from `lift`); they are read from there, so the two stages cannot disagree.
 """
 
 from __future__ import annotations

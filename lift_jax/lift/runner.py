@@ -10,6 +10,10 @@ interrupted one (the tools themselves resume: generate and score skip finished v
 restarts from its newest checkpoint). With `rounds: N` the generate → score → prepare → train
 stages repeat, each round starting from the previous round's fine-tuned transformer.
 
+λ, the real videos' weight, is the config's `real_weight` alone: prepare stores it as their
+reward and training weighs them by it. prepare also writes `data.json`, the scored set in LiFT's
+own layout (for its official trainer).
+
 On several hosts the same command runs on each: every stage's child processes form one
 jax.distributed job (each host's child finds the others through the environment it inherits), and
 only process 0 writes the run's own files (config.json, the demo models, DONE.json, the report).
@@ -26,6 +30,8 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from lift_jax import demo_assets
+from lift_jax.lift import report
 from lift_jax.parallel import distributed
 
 # The folder lift_jax is imported from (the child processes import it from there too), and the
@@ -137,6 +143,9 @@ class Run:
                           f"{', '.join(self.config_roots)})")
     if c.get("real") and not os.path.isfile(c.real):
       raise ConfigError(f"config.real: {c.real} does not exist")
+    if any(o.split("=")[0].strip() == "loss.real_weight" for o in c.train.get("overrides") or ()):
+      raise ConfigError("config.train.overrides sets loss.real_weight: λ is config.real_weight "
+                        "(prepare stores it with the real videos, and training reads it there)")
     if not self.demo:
       for key in ("pipeline", "critic"):
         path = c.models.get(key)
@@ -156,7 +165,6 @@ class Run:
     (in their upstream layouts) once every input check has passed."""
     c = self.config
     if self.demo:
-      from lift_jax import demo_assets
       root = os.path.join(self.workdir, "assets")
       if create and self.primary:  # the other hosts' first stage waits for process 0's
         demo_assets.make_demo_assets(
@@ -200,12 +208,13 @@ class Run:
     c, out = self.config, self._dir(name)
     dataset = os.path.join(out, "dataset")
     args = [f"--manifest={manifest}", f"--scores={scores}", f"--out={dataset}", "--overwrite",
-            f"--model={self.paths['pipeline']}", "--noprogress"]
+            f"--model={self.paths['pipeline']}", "--noprogress",
+            f"--export_data_json={os.path.join(out, 'data.json')}"]
     if c.get("real"):
       args += [f"--real={c.real}", f"--config.real_weight={c.get('real_weight', 1.0)}"]
     args += _flags("config.", c.prepare.get("args"))
     _tool("prepare", args, os.path.join(out, "log.txt"), self.import_paths)
-    return {"dataset": dataset}
+    return {"dataset": dataset, "data_json": os.path.join(out, "data.json")}
 
   def _train(self, name: str, dataset: str, transformer: str) -> dict:
     c, out = self.config, self._dir(name)
@@ -220,7 +229,6 @@ class Run:
     return summary
 
   def _report(self) -> dict:
-    from lift_jax.lift import report
     if not self.primary:
       return {}
     last = int(self.config.get("rounds", 1))
