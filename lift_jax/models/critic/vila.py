@@ -519,16 +519,22 @@ def save_critic(model: VilaCritic, dst: str, *, overwrite: bool = False) -> str:
 
 
 def load_tokenizer(path: str):
-  """The critic's tokenizer: `llm/` of a VILA folder, `tokenizer/` of a converted one."""
+  """The critic's tokenizer: `llm/` of a VILA folder, `tokenizer/` of a converted one; a
+  SentencePiece `tokenizer.model` is read with the slow semantics VILA uses (`llama.tokenizer`)."""
   try:
     from transformers import AutoTokenizer
   except ImportError as err:
     raise ImportError("the critic's tokenizer needs `transformers` (and `sentencepiece` for "
                       "Llama tokenizers)") from err
+  from lift_jax.models.llama import tokenizer as sentencepiece_llama
+
   for sub in (TOKENIZER_DIR, "llm", ""):
     folder = os.path.join(path, sub) if sub else path
     if os.path.isdir(folder) and glob.glob(os.path.join(folder, "tokenizer*")):
       try:
+        # VILA reads a SentencePiece model with the slow tokenizer (use_fast=False, legacy=False).
+        if sentencepiece_llama.is_sentencepiece_llama(folder):
+          return sentencepiece_llama.load(folder)
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
       except (OSError, ValueError) as err:
         raise CheckpointError(f"{folder}: cannot load the tokenizer ({err})") from err
