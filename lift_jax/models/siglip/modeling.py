@@ -54,6 +54,8 @@ class SiglipVisionConfig:
 
   @property
   def grid(self) -> int:
+    """Patches per side. The stride-p patch convolution floors: so400m-patch14-384 sees 27x27
+    patches of the first 378 pixels, the last 6 rows and columns are never read."""
     return self.image_size // self.patch_size
 
   @property
@@ -109,9 +111,8 @@ class SiglipVisionConfig:
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
                        f"{self.num_attention_heads}")
-    if self.image_size % self.patch_size:
-      raise ValueError(f"image_size={self.image_size} is not a multiple of patch_size="
-                       f"{self.patch_size}")
+    if self.image_size < self.patch_size:
+      raise ValueError(f"image_size={self.image_size} is smaller than patch_size={self.patch_size}")
     if self.remat not in layers.stack.REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r}; expected one of {sorted(layers.stack.REMAT_POLICIES)}")
     if self.attention_impl not in layers.IMPLEMENTATIONS:
@@ -214,6 +215,7 @@ class SiglipVisionModel(nnx.Module):
       raise ValueError(f"pixel_values are {h}x{w}; this tower takes {cfg.image_size}x"
                        f"{cfg.image_size} (resize with siglip.ImageProcessor first)")
     p, g = cfg.patch_size, cfg.grid
+    pixel_values = pixel_values[:, :, :g * p, :g * p]  # what the strided convolution reads
     patches = pixel_values.astype(jnp.dtype(cfg.dtype)).reshape(b, c, g, p, g, p)
     patches = patches.transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, c, p, p)
     x_BTD = self.patch_embedding(patches)
