@@ -1,5 +1,5 @@
-"""Fixtures of the real-geometry tests: the real assets folder (LIFT_JAX_REAL_ASSETS), skipped with a
-reason when it is not set, so a fresh clone still passes."""
+"""Fixtures of the real-geometry tests: the real assets folder (LIFT_JAX_REAL_ASSETS), skipped
+with a reason when it is not set, so a fresh clone still passes."""
 
 import os
 

@@ -88,7 +88,8 @@ def test_vae_full_depth_on_a_9_frame_clip(tmp_path):
   with torch.no_grad():
     dist = ref.encode(video).latent_dist
     z = dist.mean + 0.5 * torch.randn(dist.mean.shape, generator=gen)
-    want = dict(mean=dist.mean.numpy(), logvar=dist.logvar.numpy(), decode=ref.decode(z).sample.numpy())
+    want = dict(mean=dist.mean.numpy(), logvar=dist.logvar.numpy(),
+                decode=ref.decode(z).sample.numpy())
   del ref
   gc.collect()
   errs = {}

@@ -1,11 +1,11 @@
 """Llama's SentencePiece tokenizer as VILA runs it: `LlamaTokenizer(use_fast=False, legacy=False)`.
 
 VILA loads the critic's `llm/tokenizer.model` with transformers' slow (SentencePiece) tokenizer.
-The tokenizers-backed class that transformers 5 builds from the same file (its only `LlamaTokenizer`)
-splits whitespace runs and the spaces around special tokens differently ("snow.  Please" ->
-`▁▁ Please` instead of SentencePiece's `▁ ▁Please`), so prompts and SFT labels would not be the
-critic's. `load` returns the slow semantics on either transformers major version: 4.x still has the
-class; on 5.x it is rebuilt here on transformers' SentencePiece backend.
+The tokenizers-backed class that transformers 5 builds from the same file (its only
+`LlamaTokenizer`) splits whitespace runs and the spaces around special tokens differently
+("snow.  Please" -> `▁▁ Please` instead of SentencePiece's `▁ ▁Please`), so prompts and SFT
+labels would not be the critic's. `load` returns the slow semantics on either transformers major
+version: 4.x still has the class; on 5.x it is rebuilt here on transformers' SentencePiece backend.
 """
 
 from __future__ import annotations
