@@ -90,13 +90,36 @@ def peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+class StagePeaks:
+  """Peak resident memory per stage of a case (Linux: VmHWM, reset through clear_refs), so the
+  report says which step (writing, reference, a loader, the converter) holds the most."""
+
+  def __init__(self):
+    self.peaks: dict[str, float] = {}
+    self._reset()
+
+  @staticmethod
+  def _reset() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+
+  def mark(self, stage: str) -> None:
+    with open("/proc/self/status") as f:
+      hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+    self.peaks[stage] = hwm / 2**20
+    self._reset()
+
+  def __str__(self) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in self.peaks.items()) + " GB"
+
+
 def converted(kind: str, src: str, dst: str) -> str:
   """The converter (tools/convert_checkpoint.py's driver) run on an upstream folder, in fp32."""
   convert.convert(kind, src, dst, dtype="float32", progress=False)
   return dst
 
 
-def report(name: str, start: float, **errors: float) -> None:
+def report(name: str, start: float, stages: StagePeaks | None = None, **errors: float) -> None:
   errs = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
   print(f"\n[real geometry] {name}: rel err {errs}; peak RSS {peak_rss_gb():.2f} GB; "
-        f"{time.perf_counter() - start:.1f} s")
+        f"{time.perf_counter() - start:.1f} s" + (f"; stage peaks: {stages}" if stages else ""))

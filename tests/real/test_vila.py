@@ -116,6 +116,7 @@ def _converted_critic_err(root, tmp_path, tok, video, question, want):
 @pytest.mark.slow
 def test_vila15_13b(tmp_path):
   start = time.perf_counter()
+  stages = hub.StagePeaks()
   frames = 2
   torch.manual_seed(0)
   vision_cfg = HFSiglipVisionConfig(**dict(hub.SIGLIP_SO400M_384, num_hidden_layers=2))
@@ -136,6 +137,7 @@ def test_vila15_13b(tmp_path):
                     top={"mm_vision_select_layer": -2, "mm_vision_select_feature": "cls_patch"})
   del projector, llm
   gc.collect()
+  stages.mark("write")
   tok = byte_tokenizer()
   cfg = critic.vila_config(root)
   assert (cfg.vision.grid, cfg.vision_tokens, cfg.tokens_per_frame) == (27, 729, 196)
@@ -157,6 +159,7 @@ def test_vila15_13b(tmp_path):
     want_lm = ref["llm"](text_ids).logits.numpy()
   del ref
   gc.collect()
+  stages.mark("reference")
 
   errs = {}
   model = critic.load_critic(root)
@@ -165,6 +168,7 @@ def test_vila15_13b(tmp_path):
   errs["critic"] = rel_err(got, want)
   del model
   gc.collect()
+  stages.mark("load_critic")
   tower = siglip.load(root)  # the VILA root: vision_tower/
   errs["siglip last"] = rel_err(tower(jnp.asarray(px)), want_tower.last_hidden_state)
   errs["siglip [-2]"] = rel_err(_tower(tower, jnp.asarray(px), -2), want_tower.hidden_states[-2])
@@ -174,15 +178,18 @@ def test_vila15_13b(tmp_path):
   errs["llama"] = rel_err(_lm_forward(lm, jnp.asarray(text_ids.numpy())), want_lm)
   del lm
   gc.collect()
+  stages.mark("siglip.load + llama.load")
   errs["critic converted"] = _converted_critic_err(root, tmp_path, tok, video, question, want)
+  stages.mark("converter + load")
   hub.report(f"VILA1.5-13b (SigLIP 2 layers @384 -> 27x27, Llama-2-13B 1 layer, vocab {VOCAB}, "
-             f"{frames} frames)", start, **errs)
+             f"{frames} frames)", start, stages, **errs)
   assert max(errs.values()) <= 1e-5, errs
 
 
 @pytest.mark.slow
 def test_vila15_40b(tmp_path):
   start = time.perf_counter()
+  stages = hub.StagePeaks()
   frames = 1
   torch.manual_seed(0)
   vision_cfg = dict(hub.INTERNVIT_6B_448, num_hidden_layers=1)
@@ -200,6 +207,7 @@ def test_vila15_40b(tmp_path):
                     llm=llm, vision_dim=3200, frames=frames, top={"mm_vision_select_layer": -1})
   del projector, llm
   gc.collect()
+  stages.mark("write")
   tok = byte_tokenizer()
   cfg = critic.vila_config(root)
   assert (cfg.vision_type, cfg.vision.num_patches, cfg.tokens_per_frame) == (
@@ -220,17 +228,21 @@ def test_vila15_40b(tmp_path):
     want_tower = ref["vision"](torch.from_numpy(px))[-1].numpy()
   del ref, vision
   gc.collect()
+  stages.mark("reference")
 
   errs = {}
   model = critic.load_critic(root)
   errs["critic"] = rel_err(_critic_logits(model, tok, video, question)[0], want)
   del model
   gc.collect()
+  stages.mark("load_critic")
   tower = intern_vit.load(root)
   errs["intern_vit"] = rel_err(_tower(tower, jnp.asarray(px), -1), want_tower)
   del tower
   gc.collect()
+  stages.mark("intern_vit.load")
   errs["critic converted"] = _converted_critic_err(root, tmp_path, tok, video, question, want)
+  stages.mark("converter + load")
   hub.report(f"VILA1.5-40b (InternViT-6B 1 layer @448, Yi-34B 1 layer, vocab {VOCAB}, "
-             f"{frames} frame)", start, **errs)
+             f"{frames} frame)", start, stages, **errs)
   assert max(errs.values()) <= 1e-5, errs
