@@ -121,5 +121,7 @@ def converted(kind: str, src: str, dst: str) -> str:
 
 def report(name: str, start: float, stages: StagePeaks | None = None, **errors: float) -> None:
   errs = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
-  print(f"\n[real geometry] {name}: rel err {errs}; peak RSS {peak_rss_gb():.2f} GB; "
+  # clear_refs also resets ru_maxrss: with stages, the peak is theirs.
+  peak = max(stages.peaks.values()) if stages else peak_rss_gb()
+  print(f"\n[real geometry] {name}: rel err {errs}; peak RSS {peak:.2f} GB; "
         f"{time.perf_counter() - start:.1f} s" + (f"; stage peaks: {stages}" if stages else ""))
