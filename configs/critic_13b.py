@@ -5,7 +5,8 @@
 
 8 frames a video, the three questions (semantic consistency, fidelity issues, motion issues),
 answers sampled at temperature 0.2 (top_k 50, HF's default; no top_p; one beam; at most 512 new
-tokens), labels mapped Good 0.9 / Normal 0.2 / Bad 0.05 and averaged with equal weights.
+tokens), labels read as LiFT's get_score reads them, mapped Good 0.9 / Normal 0.2 / Bad 0.05,
+averaged with equal weights and rounded to 2 digits.
 `--mode=logits` scores from P(Good/Normal/Bad) of the first answer token instead (deterministic).
 """
 
@@ -32,10 +33,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.reward = ml_collections.ConfigDict(dict(
       label_scores=ml_collections.ConfigDict(dict(Good=0.9, Normal=0.2, Bad=0.05)),
       weights=ml_collections.ConfigDict(dict(semantic=1.0, fidelity=1.0, motion=1.0)),
-      parse_rule="start",  # start: label at the answer's start | lift: LiFT's substring test
+      # lift: LiFT's get_score ('Normal' anywhere, else 'Bad' anywhere, else Good) | start: the
+      # strict reading (the label must open the answer; others are unparseable). Either way the
+      # answers the strict reading rejects are counted in the summary.
+      parse_rule="lift",
       unparseable="skip",  # skip: list the video apart | bad: score that dimension as Bad
-      round_digits=placeholder(int),  # LiFT's script rounds to 2
+      round_digits=ml_collections.FieldReference(2, field_type=int),  # LiFT: 2; None: exact
       min_label_mass=0.5))  # logits mode: below this P(Good)+P(Normal)+P(Bad), no label
+  # LiFT's critic-output layout written beside --out (None: not written).
+  c.lift_output = "critic_output_13b.json"
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, context=1))
   c.compilation_cache = placeholder(str)
   return c

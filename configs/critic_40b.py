@@ -13,5 +13,6 @@ from configs import critic_13b
 def get_config():
   c = critic_13b.get_config()
   c.critic.template = "hermes-2"
+  c.lift_output = "critic_output_40b.json"
   c.batch_videos = 2
   return c

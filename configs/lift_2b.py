@@ -26,7 +26,11 @@ def get_config() -> ml_collections.ConfigDict:
       lr=1e-5, warmup_steps=200, b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-4, clip_norm=1.0,
       final_lr_fraction=0.0))
   # mode: rwl (paper) | rejection | plain; transform: raw (paper) | mean1 | exp.
-  c.loss = ml_collections.ConfigDict(dict(mode="rwl", transform="raw", beta=1.0, real_weight=1.0))
+  # real_weight None: real videos weigh the λ stored with them by prepare (--real_weight, the loop
+  # config's real_weight); a number here overrides it.
+  c.loss = ml_collections.ConfigDict(dict(
+      mode="rwl", transform="raw", beta=1.0,
+      real_weight=ml_collections.config_dict.placeholder(float)))
   c.trainable = "blocks"  # the paper trains the DiT blocks; "full" everything; "lora" adapters
   c.lora = ml_collections.ConfigDict(dict(rank=64, alpha=64.0))  # attention q/k/v/out, if "lora"
   c.accum_steps = 1

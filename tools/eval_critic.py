@@ -75,7 +75,7 @@ def run(critic_path: str, data: str, *, lora: str | None = None, split: str = "t
   """Loads the critic and scores the split in each mode; {"results": {mode: ...}, ...}."""
   from lift_jax import parallel, runtime
   from lift_jax.data import hra
-  from lift_jax.lift import critic_train
+  from lift_jax.lift import critic_eval
   from lift_jax.models.critic.vila import Critic
 
   runtime.setup()
@@ -93,7 +93,7 @@ def run(critic_path: str, data: str, *, lora: str | None = None, split: str = "t
          "results": {}}
   with parallel.use_mesh(m) if m is not None else contextlib.nullcontext():
     for mode in modes:
-      res = critic_train.evaluate(critic, splits[split], mode=mode, batch_size=batch_size,
+      res = critic_eval.evaluate(critic, splits[split], mode=mode, batch_size=batch_size,
                                   prompt_style=prompt_style, max_new_tokens=max_new_tokens,
                                   limit=limit, progress=progress)
       out["results"][mode] = res.to_json(with_predictions=with_predictions)

@@ -4,6 +4,13 @@ embeddings of its caption) and write TFDS ArrayRecord shards for training.
 
   python tools/prepare_data.py --manifest work/videos/manifest.jsonl --scores work/scores.jsonl \
       [--real real.jsonl --real_weight 1.0] --model CogVideoX-2b --out work/prepared
+  python tools/prepare_data.py --data_json dataset/data.json [--video_root dataset] \
+      --model CogVideoX-2b --out work/prepared        # LiFT's own fine-tuning list
+
+Real videos weigh λ (--real_weight, stored as their reward; the trainer reads it from there).
+--export_data_json writes the joined list in LiFT's data.json layout (for its official trainer).
+Clips longer than --num_frames take every (n // num_frames)-th frame (LiFT's trainer; "first"
+takes the first ones).
 
 --model is a diffusers pipeline root (vae/, text_encoder/, tokenizer/); --vae, --t5 and
 --tokenizer point at the parts separately (diffusers folders or converted checkpoints).
@@ -26,7 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from lift_jax.data import generated, records as records_lib, video  # noqa: E402
+from lift_jax import runtime  # noqa: E402
+from lift_jax.checkpoint.safetensors import CheckpointError  # noqa: E402
+from lift_jax.data import generated, lift_files, records as records_lib, video  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -73,8 +82,14 @@ def load_encoders(vae_path: str, t5_path: str, tokenizer_path: str, *, dtype: st
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--manifest", required=True, help="generate's manifest.jsonl ({prompt, seed, path})")
-  p.add_argument("--scores", required=True, help="score's scores.jsonl ({path, labels, reward})")
+  p.add_argument("--manifest", default=None, help="generate's manifest.jsonl ({prompt, seed, path})")
+  p.add_argument("--scores", default=None, help="score's scores.jsonl ({path, labels, reward})")
+  p.add_argument("--data_json", default=None, help="instead of --manifest/--scores: LiFT's "
+                 "fine-tuning list, a JSON list of {video, caption, score}")
+  p.add_argument("--video_root", default=None, help="folder --data_json's videos are under "
+                 "(default: its folder)")
+  p.add_argument("--export_data_json", default=None,
+                 help="also write the joined records as LiFT's data.json here")
   p.add_argument("--real", default=None, help="optional real videos, JSONL of {path, caption}")
   p.add_argument("--real_weight", type=float, default=1.0, help="λ: the real videos' loss weight")
   p.add_argument("--out", required=True, help="output dataset folder")
@@ -90,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--num_frames", type=int, default=49)
   p.add_argument("--height", type=int, default=480)
   p.add_argument("--width", type=int, default=720)
-  p.add_argument("--frame_sampling", default="first", choices=video.FRAME_SAMPLING,
-                 help="first N frames, N uniformly spread, or LiFT's stride rule")
+  p.add_argument("--frame_sampling", default="stride", choices=video.FRAME_SAMPLING,
+                 help="LiFT's stride rule (every n // N-th frame of a longer clip), the first N "
+                 "frames, or N uniformly spread")
   p.add_argument("--resize", default="squash", choices=video.RESIZE_MODES,
                  help="squash to HxW (LiFT's trainer) or scale and center-crop")
   p.add_argument("--latent_dtype", default="float32", choices=generated.DTYPES)
@@ -103,22 +119,36 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def join_inputs(args) -> records_lib.JoinResult:
+  """The records to prepare: manifest + scores (+ real videos at λ), or LiFT's data.json."""
+  if args.data_json:
+    if args.manifest or args.scores or args.real:
+      raise ValueError("--data_json replaces --manifest/--scores/--real: pass one or the other")
+    joined = records_lib.JoinResult(lift_files.read_data_json(args.data_json, args.video_root))
+    if not joined.records:
+      raise ValueError(f"no records: {args.data_json} is an empty list")
+    return joined
+  if not (args.manifest and args.scores):
+    raise ValueError("pass --manifest and --scores (the loop's files) or --data_json (LiFT's)")
+  joined = records_lib.join_records(args.manifest, args.scores, args.real,
+                                    real_weight=args.real_weight)
+  if not joined.records:
+    raise ValueError(f"no records: nothing in {args.manifest} has a score in {args.scores}")
+  return joined
+
+
 def main(argv=None, encoders: Encoders | None = None) -> int:
   args = build_parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  from lift_jax import runtime
-  from lift_jax.checkpoint.safetensors import CheckpointError
-
   runtime.setup(args.compilation_cache)
   out = os.path.abspath(args.out)
   if os.path.exists(out) and not args.overwrite:
     print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
     return 2
   try:
-    joined = records_lib.join_records(args.manifest, args.scores, args.real,
-                                      real_weight=args.real_weight)
-    if not joined.records:
-      raise ValueError(f"no records: nothing in {args.manifest} has a score in {args.scores}")
+    joined = join_inputs(args)
+    if args.export_data_json:
+      lift_files.write_data_json(args.export_data_json, joined.records)
     if encoders is None:
       vae_path = args.vae or args.model
       t5_path = args.t5 or args.model
@@ -134,8 +164,9 @@ def main(argv=None, encoders: Encoders | None = None) -> int:
         encode_text=encoders.encode_text, scaling_factor=encoders.scaling_factor, clip=clip,
         latent_dtype=args.latent_dtype, embed_dtype=args.embed_dtype,
         text_batch=args.text_batch, overwrite=args.overwrite, progress=not args.no_progress,
-        metadata={"manifest": os.path.abspath(args.manifest),
-                  "scores": os.path.abspath(args.scores),
+        metadata={"manifest": args.manifest and os.path.abspath(args.manifest),
+                  "scores": args.scores and os.path.abspath(args.scores),
+                  "data_json": args.data_json and os.path.abspath(args.data_json),
                   "real": args.real and os.path.abspath(args.real),
                   "real_weight": args.real_weight, "unscored": len(joined.unscored)})
   except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as err:

@@ -14,12 +14,16 @@ command scores only what is left (--overwrite starts over). Videos that cannot b
 skipped, counted and named in the summary; videos with an answer no label can be read from go to
 <out stem>.unparsed.jsonl (config reward.unparseable=bad scores them as Bad instead). The summary
 (counts, mean reward, label counts per dimension) is printed and written to <out stem>.summary.json.
+
+LiFT's own files: --manifest may be LiFT's test.json (videos under --video_root), and the answers
+are also written in LiFT's critic-output layout beside --out (config lift_output, e.g.
+critic_output_13b.json), for LiFT's process_reward_score.py. The stage itself is
+`lift_jax.stages.score`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 
@@ -28,8 +32,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from lift_jax.checkpoint.safetensors import CheckpointError  # noqa: E402
+from lift_jax.stages.score import run  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/critic_13b.py", "critic config file")
-_MANIFEST = flags.DEFINE_string("manifest", None, "generate's manifest.jsonl", required=True)
+_MANIFEST = flags.DEFINE_string("manifest", None, "generate's manifest.jsonl, or LiFT's test.json "
+                                 "(a JSON list of {video_id, video, caption})", required=True)
+_VIDEO_ROOT = flags.DEFINE_string("video_root", None, "folder LiFT's test.json videos are under "
+                                  "(its --image_root; default: the JSON's folder)")
 _OUT = flags.DEFINE_string("out", None, "scores.jsonl to write (or resume)", required=True)
 _CRITIC = flags.DEFINE_string("critic", None, "VILA folder or converted critic "
                               "(default: config.critic.path)")
@@ -39,61 +49,13 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "start over instead of resumi
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
 
 
-def make_mesh(axes: dict):
-  """The config's mesh, or None on one device (no sharding annotations to pay for)."""
-  import jax
-
-  from lift_jax import parallel
-
-  devices = jax.devices()
-  if all(int(v) != -1 for v in axes.values()):
-    devices = devices[:math.prod(int(v) for v in axes.values())]
-  mesh = parallel.make_mesh(axes, devices)
-  return mesh if mesh.size > 1 else None
-
-
-def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: str | None = None,
-        mode: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
-  """Loads the critic the config describes and scores `manifest` into `out`; the summary."""
-  import contextlib
-
-  from lift_jax import parallel, runtime
-  from lift_jax.lift import reward as reward_lib
-  from lift_jax.models.critic import scoring
-  from lift_jax.models.critic.vila import Critic
-
-  runtime.setup(cfg.get("compilation_cache"))
-  path = critic_path or cfg.critic.path
-  if not path:
-    raise ValueError("no critic: pass --critic (a VILA folder or converted critic) or set "
-                     "--config.critic.path")
-  mode = mode or cfg.mode
-  rewards = reward_lib.RewardConfig.from_config(cfg.reward)
-  sampling = scoring.sampling_settings(cfg.sampling)  # fail on bad settings before loading
-  mesh = make_mesh(cfg.mesh.to_dict())
-  critic = Critic.load(path, lora or cfg.critic.lora, template=cfg.critic.template,
-                       dtype=cfg.critic.dtype, param_dtype=cfg.critic.param_dtype,
-                       attention_impl=cfg.critic.attention_impl, remat=cfg.critic.remat,
-                       mesh=mesh, progress=progress)
-  scorer = scoring.Scorer(critic, mode, reward_config=rewards, sampling=sampling,
-                          batch_videos=cfg.batch_videos, seed=cfg.seed)
-  with parallel.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    summary = scoring.score_manifest(scorer, manifest, out, overwrite=overwrite, progress=progress,
-                                     read_workers=cfg.get("read_workers", 2))
-  summary["critic"] = {"path": os.path.abspath(path), "lora": lora or cfg.critic.lora,
-                       "template": critic.template.name}
-  return summary
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from lift_jax.checkpoint.safetensors import CheckpointError
-
   try:
     summary = run(_CONFIG.value, _MANIFEST.value, _OUT.value, critic_path=_CRITIC.value,
                   lora=_LORA.value, mode=_MODE.value, overwrite=_OVERWRITE.value,
-                  progress=_PROGRESS.value)
+                  progress=_PROGRESS.value, video_root=_VIDEO_ROOT.value)
   except (CheckpointError, FileNotFoundError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     raise SystemExit(2)

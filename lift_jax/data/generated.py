@@ -19,19 +19,18 @@ metadata.json holds the VAE `scaling_factor` and the preparation settings.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import shutil
-import sys
 import time
-import uuid
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import ml_dtypes
 import numpy as np
+from tqdm.auto import tqdm
 
+from lift_jax.data import arrayrecord
 from lift_jax.data import video as video_lib
 from lift_jax.data.records import RewardRecord
 
@@ -50,21 +49,14 @@ def _np_dtype(name: str):
   if name not in DTYPES:
     raise ValueError(f"dtype {name!r}: expected one of {DTYPES}")
   if name == "bfloat16":
-    import ml_dtypes
     return np.dtype(ml_dtypes.bfloat16)
   return np.dtype(name)
-
-
-def _tfds():
-  # Lazy: tensorflow_datasets is only needed to write or open prepared data.
-  import tensorflow_datasets as tfds
-  return tfds
 
 
 def features(latent_shape: Sequence[int], text_shape: Sequence[int], latent_dtype: str,
              embed_dtype: str):
   """The `tfds.features.FeaturesDict` of one prepared example."""
-  tfds = _tfds()
+  tfds = arrayrecord.tfds()
   raw = tfds.features.Encoding.BYTES
   lat = lambda: tfds.features.Tensor(shape=tuple(latent_shape), dtype=_np_dtype(latent_dtype),
                                      encoding=raw)
@@ -81,60 +73,6 @@ def features(latent_shape: Sequence[int], text_shape: Sequence[int], latent_dtyp
   })
 
 
-def _builder_class():
-  """Defined on first use so that importing lift_jax.data does not import tensorflow_datasets."""
-  global _BUILDER
-  if _BUILDER is not None:
-    return _BUILDER
-  tfds = _tfds()
-
-  @dataclasses.dataclass(eq=False)
-  class LatentsConfig(tfds.core.BuilderConfig):
-    """Shapes and storage dtypes: they vary with the model (2B/5B) and the clip size."""
-    latent_shape: tuple[int, ...] = (16, 13, 60, 90)
-    text_shape: tuple[int, ...] = (226, 4096)
-    latent_dtype: str = "float32"
-    embed_dtype: str = "bfloat16"
-
-  class LiftLatents(tfds.core.GeneratorBasedBuilder):
-    """Writes examples handed over at construction: `examples[split]` is an iterable of dicts."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "VAE latent moments, T5 embeddings and reward fields."}
-    BUILDER_CONFIGS = [LatentsConfig(name="default")]
-
-    def __init__(self, *, examples: dict[str, Iterable[dict]] | None = None,
-                 metadata: dict | None = None, **kw):
-      self._examples = examples or {}
-      self._extra_metadata = dict(metadata or {})
-      super().__init__(**kw)
-
-    def _info(self):
-      c = self.builder_config
-      return tfds.core.DatasetInfo(
-          builder=self,
-          description=__doc__.split("\n")[0],
-          features=features(c.latent_shape, c.text_shape, c.latent_dtype, c.embed_dtype),
-          metadata=tfds.core.MetadataDict(self._extra_metadata),
-          # Keep the writing order: the loaders shuffle, and a stable order makes runs comparable.
-          disable_shuffling=True)
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      # TFDS refuses empty splits, so only the splits handed over exist.
-      return {split: self._generate_examples(split) for split in SPLITS if split in self._examples}
-
-    def _generate_examples(self, split):
-      for i, ex in enumerate(self._examples.get(split, ())):
-        yield f"{i:010d}", ex
-
-  _BUILDER = (LatentsConfig, LiftLatents)
-  return _BUILDER
-
-
-_BUILDER = None
-
-
 def _cast(ex: dict, dtypes: dict) -> dict:
   """Arrays to their storage dtypes (TFDS wants the feature dtype exactly)."""
   return {k: np.asarray(v).astype(dtypes[k], copy=False) if k in dtypes else v
@@ -149,78 +87,31 @@ def write_dataset(out_dir: str, examples: dict[str, Iterable[dict]], *,
   """Writes `examples` (split -> iterable of example dicts) as a TFDS ArrayRecord dataset at out_dir.
 
   Each split given must yield at least one example (TFDS has no empty splits): leave out the others.
-
-  Everything is written under `<out_dir>.tmp-*` and renamed into place at the end, so an
-  interrupted run leaves no half-written `out_dir`. `extra_files` (name -> function returning the
-  text) are written beside the dataset after the examples are consumed (e.g. a log of skipped
-  videos). An existing out_dir is an error unless `overwrite`.
+  Written atomically by `arrayrecord.write_arrayrecord` (see there for `extra_files` and
+  `overwrite`).
   """
-  tfds = _tfds()
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
   for split in examples:
     if split not in SPLITS:
       raise ValueError(f"unknown split {split!r}: expected {SPLITS}")
-  LatentsConfig, LiftLatents = _builder_class()
-  config = LatentsConfig(name="prepared", latent_shape=tuple(int(d) for d in latent_shape),
-                         text_shape=tuple(int(d) for d in text_shape), latent_dtype=latent_dtype,
-                         embed_dtype=embed_dtype)
   cast = {"latent_mean": _np_dtype(latent_dtype), "latent_logvar": _np_dtype(latent_dtype),
           "text_embeds": _np_dtype(embed_dtype)}
-  examples = {s: (_cast(ex, cast) for ex in it) for s, it in examples.items()}
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp_root = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
-  try:
-    builder = LiftLatents(examples=examples, metadata=metadata, config=config,
-                          data_dir=tmp_root, file_format="array_record")
-    tfds.disable_progress_bar()  # the caller shows one bar over all videos
-    # TFDS prints its "Downloading and preparing" banner to stdout; keep stdout for the caller's
-    # results (tools print a JSON summary there).
-    with contextlib.redirect_stdout(sys.stderr):
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    built = os.fspath(builder.data_dir)
-    for name, make_text in (extra_files or {}).items():
-      with open(os.path.join(built, name), "w", encoding="utf-8") as f:
-        f.write(make_text())
-    staged = tmp_root + ".done"
-    os.rename(built, staged)
-    if os.path.exists(out_dir):
-      trash = tmp_root + ".old"
-      os.rename(out_dir, trash)
-      os.rename(staged, out_dir)
-      shutil.rmtree(trash, ignore_errors=True)
-    else:
-      os.rename(staged, out_dir)
-  finally:
-    for leftover in (tmp_root, tmp_root + ".done"):
-      shutil.rmtree(leftover, ignore_errors=True)
-  return out_dir
-
-
-def open_arrayrecord(path: str, *, what: str, how: str) -> dict[str, Any]:
-  """split -> random-access source of a TFDS ArrayRecord folder; a clear error if it is not one."""
-  tfds = _tfds()
-  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
-    raise FileNotFoundError(f"{path}: not {what} (no dataset_info.json); {how}")
-  return dict(tfds.builder_from_directory(path).as_data_source())
+  streams = {s: ((f"{i:010d}", _cast(ex, cast)) for i, ex in enumerate(it))
+             for s, it in examples.items()}
+  return arrayrecord.write_arrayrecord(
+      out_dir, name=NAME, splits=streams, description=__doc__.split("\n")[0],
+      features=features(latent_shape, text_shape, latent_dtype, embed_dtype), metadata=metadata,
+      extra_files=extra_files, overwrite=overwrite)
 
 
 def open_dataset(path: str) -> dict[str, Any]:
   """split -> random-access data source (`len`, `[i]` -> dict of numpy arrays / bytes)."""
-  return open_arrayrecord(path, what="a prepared dataset",
-                          how="write one with tools/prepare_data.py")
+  return arrayrecord.open_arrayrecord(path, what="a prepared dataset",
+                                      how="write one with tools/prepare_data.py")
 
 
 def dataset_metadata(path: str) -> dict[str, Any]:
   """metadata.json of a dataset folder ({} if absent): scaling_factor, preparation settings."""
-  file = os.path.join(path, "metadata.json")
-  if not os.path.isfile(file):
-    return {}
-  with open(file, encoding="utf-8") as f:
-    return json.load(f)
+  return arrayrecord.dataset_metadata(path)
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -228,11 +119,12 @@ def dataset_metadata(path: str) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class ClipOptions:
-  """How a video becomes a VAE input clip (`video.prepare_clip`); CogVideoX trains at 49x480x720."""
+  """How a video becomes a VAE input clip (`video.prepare_clip`); CogVideoX trains at 49x480x720.
+  A longer clip (a real video) takes every (n // num_frames)-th frame, as LiFT's trainer does."""
   num_frames: int = 49
   height: int = 480
   width: int = 720
-  frame_sampling: str = "first"
+  frame_sampling: str = "stride"
   resize: str = "squash"
 
 
@@ -338,8 +230,6 @@ def prepare_reward_dataset(records: Sequence[RewardRecord], out_dir: str, *,
   The encoders are passed in (the tool wires the real VAE and T5; tests pass small stand-ins).
   Bad videos are skipped and counted, never fatal; if none is readable nothing is written.
   """
-  from tqdm.auto import tqdm
-
   clip = clip or ClipOptions()
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and not overwrite:

@@ -8,7 +8,7 @@ with the videos unpacked beside it (TFDS's "manual directory"):
                      {"from": "gpt", "value": "<Label>. <reason>"}]}     # Label: Good/Normal/Bad
 
 One entry per (video, dimension); the dimension is recognised from the question (one of the three
-critic questions, `models.critic.prompts.QUESTIONS`). The VIDGEN real-video add-on
+critic questions, `models.critic.vocabulary.QUESTIONS`). The VIDGEN real-video add-on
 (`VIDGEN/vidgen-data.json`, every answer "Good. There are no obvious problems.") has the same format
 and goes to the train split by default, as in LiFT's `LiFT-HRA+vidgen` mixture.
 
@@ -34,56 +34,47 @@ returned `HraReport`); nothing malformed is fatal unless no example at all is le
 
 from __future__ import annotations
 
+import argparse
 import collections
 import concurrent.futures
-import contextlib
 import dataclasses
 import glob
 import json
 import logging
 import os
 import re
-import shutil
-import sys
 import time
-import uuid
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
-from lift_jax.data import generated
+from lift_jax.data import arrayrecord
 from lift_jax.data import video as video_lib
+from lift_jax.models.critic import vocabulary
+from lift_jax.models.critic.vocabulary import LABELS, NUM_FRAMES, QUESTIONS
 
 log = logging.getLogger(__name__)
 
 NAME = "lift_hra"
 SPLITS = ("train", "test")
-LABELS = ("Good", "Normal", "Bad")
 REPORT_FILE = "hra_report.json"
 # Per split, [video_id, dimension, user_text, answer] of every written example: lets a trainer size
 # its token buffers without reading (and decoding) the frames.
 TEXTS_FILE = "texts.json"
-NUM_FRAMES = 8
 # The names the HF releases and LiFT's datasets_mixture.py use, tried in this order.
 HRA_JSON_NAMES = ("LiFT-HRA-data.json", "LiFT-HRA-data-10k.json", "LiFT-HRA-data-20k.json")
 VIDGEN_JSON_NAME = "vidgen-data.json"
 
-_LABEL = re.compile(r"^[\s*_\"'`]*(good|normal|bad)(?![A-Za-z0-9])[\s*_\"'`]*[.:;,!\-]?\s*",
-                    re.IGNORECASE)
 # "Please identify the <phrase> issues in this video": a fallback when the question text differs.
 _QUESTION = re.compile(r"Please identify the ([a-z ]+?) issues in this video", re.IGNORECASE)
 _PHRASES = {"semantic consistency": "semantic consistency", "fidelity": "fidelity issues",
             "motion": "motion issues"}
 
 
-def _questions() -> dict[str, str]:
-  # Lazy: the prompts live with the critic, whose package imports JAX.
-  from lift_jax.models.critic.prompts import QUESTIONS
-  return QUESTIONS
-
-
 def dimension_keys() -> tuple[str, ...]:
-  return tuple(_questions())
+  return vocabulary.QUESTION_KEYS
 
 
 # ----------------------------------------------------------------------------- entries
@@ -128,10 +119,10 @@ class HraEntry:
 
 def parse_answer(answer: str) -> tuple[str, str]:
   """`"Good. No obvious problem."` -> ("Good", "No obvious problem."); EntryError if no label."""
-  m = _LABEL.match(answer)
-  if m is None:
+  label, reason = vocabulary.split_answer(answer)
+  if label is None:
     raise EntryError(f"answer does not start with Good/Normal/Bad: {answer[:80]!r}")
-  return m.group(1).capitalize(), answer[m.end():].strip()
+  return label, reason
 
 
 def strip_media_tokens(text: str) -> str:
@@ -149,7 +140,7 @@ def recognise_question(user_text: str) -> tuple[str, str]:
   video" names the dimension and the caption is what precedes it.
   """
   text = user_text.rstrip()
-  for key, question in _questions().items():
+  for key, question in QUESTIONS.items():
     q = question.strip()
     at = text.find(q)
     if at >= 0:
@@ -287,8 +278,6 @@ def split_entries(entries: Sequence[HraEntry], sources: Sequence[Source], *,
 def resize_frames_pil(frames: np.ndarray, height: int, width: int, resample: int = 3) -> np.ndarray:
   """uint8 `[F,h,w,3]` -> `[F,height,width,3]` with PIL, as VILA's `image_aspect_ratio="resize"`
   (and `siglip.ImageProcessor`) squashes frames: the same bytes the critic's processor makes."""
-  from PIL import Image
-
   out = []
   for f in frames:
     image = Image.fromarray(np.ascontiguousarray(f)).convert("RGB")
@@ -303,7 +292,7 @@ def load_frames(path: str, *, height: int, width: int, num_frames: int = NUM_FRA
   """(frames uint8 [num_frames,height,width,3], indices, frame count) of one video, as the critic
   samples them (linspace over the decoded frame count). VideoReadError when unreadable."""
   n = video_lib.count_frames(path)
-  idx = video_lib.sample_frame_indices(n, num_frames)
+  idx = vocabulary.sample_frame_indices(n, num_frames)
   frames = video_lib.read_video(path, idx)
   return resize_frames_pil(frames, height, width, resample), idx.astype(np.int32), n
 
@@ -313,7 +302,7 @@ def load_frames(path: str, *, height: int, width: int, num_frames: int = NUM_FRA
 
 def features(num_frames: int, height: int, width: int):
   """The `tfds.features.FeaturesDict` of one example (raw-bytes tensors: no TensorFlow needed)."""
-  import tensorflow_datasets as tfds
+  tfds = arrayrecord.tfds()
 
   text = tfds.features.Text
   return tfds.features.FeaturesDict({
@@ -325,59 +314,6 @@ def features(num_frames: int, height: int, width: int):
       "frame_indices": tfds.features.Tensor(shape=(num_frames,), dtype=np.int32),
       "num_video_frames": tfds.features.Scalar(np.int32),
   })
-
-
-_BUILDER = None
-
-
-def _builder_class():
-  """Defined on first use so that importing this module does not import tensorflow_datasets."""
-  global _BUILDER
-  if _BUILDER is not None:
-    return _BUILDER
-  import tensorflow_datasets as tfds
-
-  @dataclasses.dataclass(eq=False)
-  class HraConfig(tfds.core.BuilderConfig):
-    """Frame shape: 8 frames at the critic's processor size (384 for 13B, 448 for 40B)."""
-    num_frames: int = NUM_FRAMES
-    height: int = 384
-    width: int = 384
-
-  class LiftHra(tfds.core.GeneratorBasedBuilder):
-    """Writes the example streams handed over at construction (`streams[split]`)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "LiFT-HRA (+VIDGEN) ratings with 8 decoded, resized frames each."}
-    BUILDER_CONFIGS = [HraConfig(name="default")]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Unpack the LiFT-HRA release (Fudan-FUXI/LiFT-HRA-10K: LiFT-HRA-data.json and the videos "
-        "of HRA_part*.zip) into <manual_dir>/LiFT-HRA/, and optionally LiFT's dataset/VIDGEN/ "
-        "(vidgen-data.json + videos) into <manual_dir>/VIDGEN/.")
-
-    def __init__(self, *, streams: dict[str, Iterable[tuple[str, dict]]] | None = None,
-                 metadata: dict | None = None, **kw):
-      self._streams = streams or {}
-      self._extra_metadata = dict(metadata or {})
-      super().__init__(**kw)
-
-    def _info(self):
-      c = self.builder_config
-      return tfds.core.DatasetInfo(
-          builder=self, description=__doc__.split("\n")[0],
-          features=features(c.num_frames, c.height, c.width),
-          metadata=tfds.core.MetadataDict(self._extra_metadata),
-          disable_shuffling=True)  # keep the (video-grouped) writing order; loaders shuffle
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {s: self._generate_examples(s) for s in SPLITS if s in self._streams}
-
-    def _generate_examples(self, split):
-      yield from self._streams.get(split, ())
-
-  _BUILDER = (HraConfig, LiftHra)
-  return _BUILDER
 
 
 @dataclasses.dataclass
@@ -463,9 +399,6 @@ def build_hra(out_dir: str, *, manual_dir: str | None = None,
   ((H, W) or one side) and `resample` are the critic processor's (SigLIP 384 bicubic for 13B,
   InternViT 448 for 40B). Written under `<out_dir>.tmp-*` and renamed into place at the end.
   """
-  import tensorflow_datasets as tfds
-  from tqdm.auto import tqdm
-
   t0 = time.time()
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and not overwrite:
@@ -507,37 +440,22 @@ def build_hra(out_dir: str, *, manual_dir: str | None = None,
   meta = {"sources": [dataclasses.asdict(s) for s in sources], "test_size": test_size,
           "seed": seed, "num_frames": num_frames, "image_size": [height, width],
           "resample": resample, "labels": list(LABELS), "dimensions": list(dimension_keys())}
-  HraConfig, LiftHra = _builder_class()
-  config = HraConfig(name="frames", num_frames=num_frames, height=height, width=width)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp_root = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
-  try:
-    builder = LiftHra(streams={s: chain(s) for s in firsts}, metadata=meta, config=config,
-                      data_dir=tmp_root, file_format="array_record")
-    tfds.disable_progress_bar()
-    with contextlib.redirect_stdout(sys.stderr):
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False, manual_dir=manual_dir))
+
+  def report_text():
     report.seconds = time.time() - t0
-    built = os.fspath(builder.data_dir)
-    with open(os.path.join(built, REPORT_FILE), "w", encoding="utf-8") as f:
-      json.dump({**report.to_json(), "metadata": meta}, f, indent=2)
-    with open(os.path.join(built, TEXTS_FILE), "w", encoding="utf-8") as f:
-      json.dump({s: t for s, t in texts.items() if s in firsts}, f, ensure_ascii=False)
-    staged = tmp_root + ".done"
-    os.rename(built, staged)
-    if os.path.exists(out_dir):
-      trash = tmp_root + ".old"
-      os.rename(out_dir, trash)
-      os.rename(staged, out_dir)
-      shutil.rmtree(trash, ignore_errors=True)
-    else:
-      os.rename(staged, out_dir)
+    return json.dumps({**report.to_json(), "metadata": meta}, indent=2)
+
+  def texts_text():
+    return json.dumps({s: t for s, t in texts.items() if s in firsts}, ensure_ascii=False)
+
+  try:
+    arrayrecord.write_arrayrecord(
+        out_dir, name=NAME, splits={s: chain(s) for s in firsts},
+        description=__doc__.split("\n")[0],
+        features=features(num_frames, height, width), metadata=meta,
+        extra_files={REPORT_FILE: report_text, TEXTS_FILE: texts_text}, overwrite=overwrite)
   finally:
     bar.close()
-    for leftover in (tmp_root, tmp_root + ".done"):
-      shutil.rmtree(leftover, ignore_errors=True)
   if report.skipped:
     log.warning("skipped %d HRA entr%s (see %s)", len(report.skipped),
                 "y" if len(report.skipped) == 1 else "ies", os.path.join(out_dir, REPORT_FILE))
@@ -546,14 +464,14 @@ def build_hra(out_dir: str, *, manual_dir: str | None = None,
 
 def open_hra(path: str) -> dict[str, Any]:
   """split -> random-access source (`len`, `[i]` -> dict of numpy arrays and bytes)."""
-  return generated.open_arrayrecord(
+  return arrayrecord.open_arrayrecord(
       path, what="an HRA dataset",
       how="build one with `python -m lift_jax.data.hra` or tools/train_critic.py")
 
 
 def hra_metadata(path: str) -> dict[str, Any]:
   """metadata.json of a built dataset (sources, split settings, frame size)."""
-  return generated.dataset_metadata(path)
+  return arrayrecord.dataset_metadata(path)
 
 
 def hra_texts(path: str) -> dict[str, list[list[str]]]:
@@ -574,8 +492,6 @@ def text(value: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  import argparse
-
   p = argparse.ArgumentParser(description="Build the LiFT-HRA TFDS dataset (ArrayRecord).")
   p.add_argument("--manual_dir", required=True, help="unpacked release: LiFT-HRA/, VIDGEN/")
   p.add_argument("--out", required=True, help="dataset directory to write")

@@ -26,7 +26,10 @@ import logging
 import zlib
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
+
+from lift_jax.data import generated
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,6 @@ class SampleLatents:
 
 def _sources(data) -> tuple[dict[str, Any], dict[str, Any]]:
   if isinstance(data, str):
-    from lift_jax.data import generated
     return generated.open_dataset(data), generated.dataset_metadata(data)
   if isinstance(data, Mapping):
     unknown = set(data) - {"synthetic", "real"}
@@ -121,7 +123,6 @@ def make_dataset(data, *, batch_size: int, seed: int = 0, real_fraction: float |
   grain = _grain()
   sources, meta = _sources(data)
   if process_index is None or process_count is None:
-    import jax
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if scaling_factor is None:

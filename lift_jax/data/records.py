@@ -19,6 +19,8 @@ import logging
 import os
 from typing import Any, Iterable, Sequence
 
+from lift_jax.models.critic.vocabulary import parse_label
+
 log = logging.getLogger(__name__)
 
 # Paper Eq. 2: per-dimension label -> score; the reward is the mean over dimensions.
@@ -101,14 +103,14 @@ def _field(row: dict, keys: Sequence[str], where: str, kind: type | tuple = str)
 
 
 def _label_good(label: Any) -> bool:
-  return str(label).strip().lower().startswith("good")
+  return parse_label(str(label)) == "Good"
 
 
 def reward_from_labels(labels: dict[str, Any], where: str = "labels") -> float:
   """Mean of Good 0.9 / Normal 0.2 / Bad 0.05 over the dimensions (paper Eq. 2)."""
   scores = []
   for dim, label in labels.items():
-    word = str(label).strip().split(".")[0].split()[0].lower() if str(label).strip() else ""
+    word = (parse_label(str(label)) or "").lower()
     if word not in LABEL_SCORES:
       raise ValueError(f"{where}: label {label!r} for {dim!r} is not one of Good/Normal/Bad")
     scores.append(LABEL_SCORES[word])

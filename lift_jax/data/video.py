@@ -166,19 +166,6 @@ def count_frames(path: str) -> int:
 # ----------------------------------------------------------------------------- frame choice
 
 
-def sample_frame_indices(n: int, k: int = 8) -> np.ndarray:
-  """k frame indices spread over n frames, as VILA (the LiFT-Critic) picks them.
-
-  VILA's `get_frame_from_vcap` uses `np.linspace(0, n-1, k, dtype=int)`: the float positions are
-  truncated toward zero, not rounded. With n < k some indices repeat (VILA pads short videos).
-  """
-  if n < 1:
-    raise ValueError(f"need at least one frame to sample from, got n={n}")
-  if k < 1:
-    raise ValueError(f"k must be positive, got {k}")
-  return np.linspace(0, n - 1, k, dtype=int)
-
-
 def clip_frame_indices(n: int, num_frames: int, mode: str = "first",
                        trim_to_4k1: bool = True) -> np.ndarray:
   """Which of a video's n frames make a training clip of (at most) `num_frames` frames.

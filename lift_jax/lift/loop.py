@@ -17,10 +17,15 @@ from typing import Any, Iterator
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
+from lift_jax import parallel, runtime
 from lift_jax.checkpoint.manager import TrainCheckpointer
+from lift_jax.data import loaders
+from lift_jax.diffusion.schedule import NoiseSchedule
 from lift_jax.lift import memory
-from lift_jax.lift.train import Trainer
+from lift_jax.lift.train import LossConfig, OptimConfig, Trainer
+from lift_jax.models import cogvideox
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +99,6 @@ def fit(trainer: Trainer, state: dict[str, Any], data: Iterator[dict[str, np.nda
   peak = peak_flops(jax.devices()[0])
   bar = None
   if progress and jax.process_index() == 0:
-    from tqdm import tqdm
     bar = tqdm(total=num_steps, initial=start, desc="train", unit="step")
   saved_at = start
   with _Preemption() as preemption:
@@ -145,6 +149,15 @@ def fit(trainer: Trainer, state: dict[str, Any], data: Iterator[dict[str, np.nda
   return state
 
 
+def write_results(workdir: str, history: list[dict], summary: dict[str, Any]) -> None:
+  """A job's per-step metrics (train_history.jsonl) and summary (train_summary.json), process 0."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "train_history.jsonl"), "w") as f:
+      f.writelines(json.dumps(h) + "\n" for h in history)
+    with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+
+
 def tokens_per_sample(model_cfg, latent_shape) -> int:
   f, _, h, w = latent_shape
   return (f // model_cfg.temporal_patch) * (h // model_cfg.patch_size) * (
@@ -153,12 +166,6 @@ def tokens_per_sample(model_cfg, latent_shape) -> int:
 
 def run(config, workdir: str) -> dict[str, Any]:
   """The whole training job from a config (see configs/lift_2b.py); returns a summary."""
-  from lift_jax import parallel, runtime
-  from lift_jax.data import loaders
-  from lift_jax.diffusion.schedule import NoiseSchedule
-  from lift_jax.lift.train import LossConfig, OptimConfig
-  from lift_jax.models import cogvideox
-
   runtime.setup(config.get("compilation_cache"))
   parallel.initialize_distributed()
   os.makedirs(workdir, exist_ok=True)
@@ -224,9 +231,5 @@ def run(config, workdir: str) -> dict[str, Any]:
     out = os.path.join(workdir, "transformer")
     cogvideox.save_transformer(trainer.model(state), out, overwrite=True)
     summary["transformer"] = out
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "train_history.jsonl"), "w") as f:
-      f.writelines(json.dumps(h) + "\n" for h in history)
-    with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+  write_results(workdir, history, summary)
   return summary

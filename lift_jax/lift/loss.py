@@ -66,7 +66,7 @@ def weighted_v_mse(v_pred: jax.Array, v_true: jax.Array, weights: jax.Array) -> 
 
 
 def sample_weights(rewards: jax.Array, is_real: jax.Array | None = None, *, mode: str = "rwl",
-                   transform: str = "raw", beta: float = 1.0, real_weight: float = 1.0,
+                   transform: str = "raw", beta: float = 1.0, real_weight: float | None = 1.0,
                    all_good: jax.Array | None = None) -> jax.Array:
   """Per-sample loss weights `[B]` (float32).
 
@@ -75,7 +75,9 @@ def sample_weights(rewards: jax.Array, is_real: jax.Array | None = None, *, mode
     "rejection"  the paper's ablation: 1 if all three labels are Good, else 0 (`all_good`, or
                  reward ≥ 0.9, which only Good/Good/Good reaches);
     "plain"      ordinary fine-tuning: every sample weighs 1 (rewards and λ ignored).
-  Real videos (`is_real`) weigh `real_weight` (λ, 1 in the paper) in "rwl" and "rejection".
+  Real videos (`is_real`) weigh `real_weight` (λ, 1 in the paper) in "rwl" and "rejection";
+  `real_weight=None` lets them weigh their stored reward, which is λ as the prepare stage wrote it
+  (the training job's default: λ is set once, in the loop config, and travels with the data).
   transform ("rwl" only): "raw" (the paper), "mean1" (r / mean r) or "exp" (e^{βr} / mean e^{βr}),
   the means taken over the synthetic samples given here: pass the whole data set's rewards for a
   fixed normalisation, or a batch's for a per-batch one.
@@ -104,7 +106,7 @@ def sample_weights(rewards: jax.Array, is_real: jax.Array | None = None, *, mode
       z = z - jnp.max(jnp.where(real, -jnp.inf, z))
       e = jnp.exp(z)
       w = e / ((e * syn).sum() / count)
-  return jnp.where(real, jnp.float32(real_weight), w)
+  return jnp.where(real, r if real_weight is None else jnp.float32(real_weight), w)
 
 
 def draw_timesteps_and_noise(key: jax.Array, shape: tuple[int, ...],

@@ -4,45 +4,37 @@ The critic answers each of its three questions with `"<Label>. <reason>"`; the l
 per-dimension score (Good 0.9 / Normal 0.2 / Bad 0.05) and the reward is their weighted mean
 (equal weights in the paper: the mean of three).
 
-Two parsing rules:
-  "start" (default): the answer must *begin* with Good / Normal / Bad, case-insensitively, after
-      leading whitespace and punctuation (`"  **bad**: ..."` is Bad), as a whole word ("Goodness"
-      is not Good). Anything else is unparseable: `parse_label` returns None, the caller counts it
-      and the video is not given a made-up score.
-  "lift": LiFT's `process_reward_score.get_score`, for exact reproduction: "Normal" anywhere in
-      the text -> Normal, else "Bad" anywhere -> Bad, else Good. It never fails (garbage becomes
-      Good), so `LabelStats` still counts the answers the "start" rule could not read.
+The label is read from each answer by one of the critic vocabulary's rules
+(`models.critic.vocabulary.PARSE_RULES`): "lift" (the paper configs' default) is LiFT's
+`process_reward_score.get_score`, which never fails (garbage becomes Good); "start" is the strict
+reading, which returns None for an answer that does not begin with a label, so the caller counts
+it and the video is not given a made-up score. `LabelStats` counts the answers the strict
+reading rejects under either rule.
 
-The score map's numbers live in `lift_jax.data.records.LABEL_SCORES` (the data package must stay
-importable without JAX, and this one imports JAX through `lift_jax.lift`); they are read from there,
-so the two stages cannot disagree.
+The score map's numbers live in `lift_jax.data.records.LABEL_SCORES` (the data package imports
+nothing from `lift`); they are read from there, so the two stages cannot disagree.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import re
 from typing import Any, Iterable, Mapping
 
 from lift_jax.data import records as _records
+from lift_jax.models.critic.vocabulary import (LABELS, PARSE_RULES, parse_label,  # noqa: F401
+                                               split_answer, strictly_readable)
+from lift_jax.models.critic.vocabulary import QUESTION_KEYS as DIMENSIONS
 
-LABELS: tuple[str, ...] = ("Good", "Normal", "Bad")
 # Paper Eq. 2, one source of truth shared with `records.reward_from_labels`.
 REWARD_MAP: dict[str, float] = {label: _records.LABEL_SCORES[label.lower()] for label in LABELS}
-# The critic's three questions (the keys of `models.critic.prompts.QUESTIONS`, in LiFT's order) and
-# the short names configs use for them (ConfigDict keys cannot hold spaces on the command line).
-DIMENSIONS: tuple[str, ...] = ("semantic consistency", "fidelity issues", "motion issues")
+# Short names configs use for the three dimensions (ConfigDict keys cannot hold spaces on the
+# command line).
 SHORT_NAMES: dict[str, str] = {"semantic": "semantic consistency", "fidelity": "fidelity issues",
                                "motion": "motion issues"}
-PARSE_RULES = ("start", "lift")
 # What to do with a video one of whose answers has no label: leave it out of scores.jsonl (listed
 # beside it), or score that dimension as Bad (the most conservative reading).
 UNPARSEABLE_POLICIES = ("skip", "bad")
-
-_LEAD = re.compile(r"^[\W_]*")  # whitespace, punctuation, markdown (**, __, quotes, bullets)
-_START = re.compile(r"(good|normal|bad)(?![A-Za-z0-9])", re.IGNORECASE)
-_REASON_LEAD = re.compile(r"^[\s.:;,!\-\u2013\u2014*_)\]\"'`]*")  # ". ", ": ", " - ", "** - "
 
 
 class MissingLabelError(ValueError):
@@ -52,26 +44,6 @@ class MissingLabelError(ValueError):
     self.missing = tuple(missing)
     super().__init__(f"{where}: no valid label for {', '.join(map(repr, self.missing))} "
                      f"(expected one of {'/'.join(LABELS)})")
-
-
-def split_answer(answer: str | None) -> tuple[str | None, str]:
-  """`"Good. The video ..."` -> ("Good", "The video ..."); (None, answer stripped) if no label."""
-  text = (answer or "").strip()
-  lead = _LEAD.match(text).end()
-  m = _START.match(text, lead)
-  if not m:
-    return None, text
-  return m.group(1).capitalize(), _REASON_LEAD.sub("", text[m.end():]).strip()
-
-
-def parse_label(answer: str | None, rule: str = "start") -> str | None:
-  """The answer's label (Good / Normal / Bad) or None when the "start" rule cannot read one."""
-  if rule == "start":
-    return split_answer(answer)[0]
-  if rule == "lift":
-    text = answer or ""
-    return "Normal" if "Normal" in text else "Bad" if "Bad" in text else "Good"
-  raise ValueError(f"parse rule must be one of {PARSE_RULES}, got {rule!r}")
 
 
 def canonical_label(label: Any) -> str | None:
@@ -180,6 +152,24 @@ class RewardConfig:
     return sum(float(probs[label]) * float(self.label_scores[label]) for label in LABELS) / mass
 
 
+def critic_output_rewards(items: Iterable[Mapping[str, Any]], config: "RewardConfig | None" = None,
+                          stats: "LabelStats | None" = None) -> list[float]:
+  """One reward per entry of LiFT's critic output (an answer text per dimension), read as
+  LiFT's `process_reward_score.py` reads it by default (rule "lift", rounded to 2 digits)."""
+  config = config or RewardConfig(parse_rule="lift", round_digits=2)
+  out = []
+  for i, item in enumerate(items):
+    where = str(item.get("video", f"entry {i}"))
+    labels = {}
+    for dim in config.dimension_weights:
+      answer = item.get(dim)
+      labels[dim] = parse_label(answer, config.parse_rule) if isinstance(answer, str) else None
+      if stats is not None:
+        stats.add(dim, labels[dim], answer if isinstance(answer, str) else None, where)
+    out.append(config.reward(labels, where=where))
+  return out
+
+
 @dataclasses.dataclass
 class LabelStats:
   """Counts of parsed labels per dimension, and the answers no label could be read from."""
@@ -194,7 +184,7 @@ class LabelStats:
     """Records one answer; `label` None (or a "lift"-rule default) counts as unparseable."""
     if label is not None:
       self.labels[dim][label] += 1
-    if label is None or (answer is not None and split_answer(answer)[0] is None):
+    if label is None or (answer is not None and not strictly_readable(answer)):
       self.unparseable[dim] += 1
       if len(self.examples) < self.max_examples:
         self.examples.append({"path": path, "dimension": dim, "answer": (answer or "")[:200]})

@@ -9,6 +9,10 @@ child process with the run's Python, writing under `WORKDIR/<stage>/`, and leave
 interrupted one (the tools themselves resume: generate and score skip finished videos, train
 restarts from its newest checkpoint). With `rounds: N` the generate → score → prepare → train
 stages repeat, each round starting from the previous round's fine-tuned transformer.
+
+λ, the real videos' weight, is the config's `real_weight` alone: prepare stores it as their
+reward and training weighs them by it. prepare also writes `data.json`, the scored set in LiFT's
+own layout (for its official trainer).
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
+
+from lift_jax import demo_assets
+from lift_jax.lift import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = os.path.join(ROOT, "tools")
@@ -114,6 +121,9 @@ class Run:
         raise ConfigError(f"config.{key}.config: {sub} does not exist")
     if c.get("real") and not os.path.isfile(c.real):
       raise ConfigError(f"config.real: {c.real} does not exist")
+    if any(o.split("=")[0].strip() == "loss.real_weight" for o in c.train.get("overrides") or ()):
+      raise ConfigError("config.train.overrides sets loss.real_weight: λ is config.real_weight "
+                        "(prepare stores it with the real videos, and training reads it there)")
     if not self.demo:
       for key in ("pipeline", "critic"):
         path = c.models.get(key)
@@ -125,7 +135,6 @@ class Run:
     (in their upstream layouts) once every input check has passed."""
     c = self.config
     if self.demo:
-      from lift_jax import demo_assets
       root = os.path.join(self.workdir, "assets")
       if create:
         demo_assets.make_demo_assets(
@@ -168,12 +177,13 @@ class Run:
     c, out = self.config, self._dir(name)
     dataset = os.path.join(out, "dataset")
     args = [f"--manifest={manifest}", f"--scores={scores}", f"--out={dataset}", "--overwrite",
-            f"--model={self.paths['pipeline']}", "--no_progress"]
+            f"--model={self.paths['pipeline']}", "--no_progress",
+            f"--export_data_json={os.path.join(out, 'data.json')}"]
     if c.get("real"):
       args += [f"--real={c.real}", f"--real_weight={c.get('real_weight', 1.0)}"]
     args += _flags("", c.prepare.get("args"))
     _tool("prepare_data.py", args, os.path.join(out, "log.txt"))
-    return {"dataset": dataset}
+    return {"dataset": dataset, "data_json": os.path.join(out, "data.json")}
 
   def _train(self, name: str, dataset: str, transformer: str) -> dict:
     c, out = self.config, self._dir(name)
@@ -188,7 +198,6 @@ class Run:
     return summary
 
   def _report(self) -> dict:
-    from lift_jax.lift import report
     last = int(self.config.get("rounds", 1))
     out = os.path.join(self.workdir, "report.html")
     report.write_report(

@@ -87,15 +87,6 @@ def test_bad_files_raise_typed_error_naming_the_file(tmp_path, kind):
   assert isinstance(info.value, OSError)
 
 
-def test_sample_frame_indices_matches_vila():
-  for n in (1, 5, 8, 9, 49, 50, 123):
-    expected = np.linspace(0, n - 1, 8, dtype=int)  # VILA's get_frame_from_vcap
-    np.testing.assert_array_equal(video.sample_frame_indices(n), expected)
-  assert video.sample_frame_indices(49).tolist() == [0, 6, 13, 20, 27, 34, 41, 48]
-  with pytest.raises(ValueError):
-    video.sample_frame_indices(0)
-
-
 def test_clip_frame_indices():
   assert video.clip_frame_indices(100, 49, "first").tolist() == list(range(49))
   assert video.clip_frame_indices(100, 49, "stride").tolist() == list(range(0, 98, 2))

@@ -18,7 +18,8 @@ from transformers import SiglipVisionConfig as HFSiglipVisionConfig
 from transformers import SiglipVisionModel as HFSiglipVisionModel
 
 from lift_jax import parallel
-from lift_jax.data import hra
+from lift_jax.data import critic_sft, hra
+from lift_jax.lift import critic_eval
 from lift_jax.lift import critic_train as ct
 from lift_jax.lift import lora_adapters as la
 from lift_jax.models import critic
@@ -97,9 +98,9 @@ def setup(tmp_path_factory):
   model = critic.load_critic(v["folder"])
   cfg = model.config
   texts = [r for rows in hra.hra_texts(data).values() for r in rows]
-  length, targets = ct.sequence_sizes(v["tok"], cfg.template, texts, num_frames=8,
+  length, targets = critic_sft.sequence_sizes(v["tok"], cfg.template, texts, num_frames=8,
                                       tokens_per_frame=cfg.tokens_per_frame, multiple=32)
-  transform = ct.SftTransform(v["tok"], cfg.template, num_frames=8,
+  transform = critic_sft.SftTransform(v["tok"], cfg.template, num_frames=8,
                               tokens_per_frame=cfg.tokens_per_frame, max_length=length,
                               max_targets=targets, image_size=(IMAGE, IMAGE))
   train = [transform(splits["train"][i]) for i in range(len(splits["train"]))]
@@ -112,7 +113,7 @@ def fresh(setup, lora=LORA, seed=0):
 
 
 def batch_of(setup, rows):
-  return ct.collate([setup["train"][i] for i in rows])
+  return critic_sft.collate([setup["train"][i] for i in rows])
 
 
 # ----------------------------------------------------------------------------- samples
@@ -123,31 +124,31 @@ def test_sample_is_the_vicuna_v1_string_and_only_the_answer_counts(setup):
   ex = setup["splits"]["train"][0]
   user, answer = hra.text(ex["user_text"]), hra.text(ex["answer"])
   caption, dim = hra.text(ex["caption"]), hra.text(ex["dimension"])
-  s = ct.encode_sft(tok, "vicuna_v1", user, answer)
+  s = critic_sft.encode_sft(tok, "vicuna_v1", user, answer)
   # The string VILA's preprocess_v1 builds for a video sample: <video>\n -> 8 x "<image>\n", the
   # caption's leading space kept, " ASSISTANT: " + answer + "</s>".
   want = ("A chat between a curious user and an artificial intelligence assistant. The assistant "
           "gives helpful, detailed, and polite answers to the user's questions. USER: "
           + "<image>\n" * 8 + " " + caption + prompts.QUESTIONS[dim] + " ASSISTANT: " + answer
           + "</s>")
-  assert s.text == want == prompts.VICUNA_V1.prompt(ct.training_message(user), answer)
+  assert s.text == want == prompts.VICUNA_V1.prompt(critic_sft.training_message(user), answer)
   assert list(s.ids) == prompts.tokenize_prompt(tok, want)
   # Targets: exactly the answer's tokens and the stop token, nothing of the prompt.
-  targets = [i for i, lab in zip(s.ids, s.labels) if lab != ct.IGNORE_INDEX]
+  targets = [i for i, lab in zip(s.ids, s.labels) if lab != critic_sft.IGNORE_INDEX]
   assert tok.decode(targets) == " " + answer + "</s>"
   assert targets[0] == prompts.label_token_ids(tok, "vicuna_v1")[hra.text(ex["label"])]
   assert targets[-1] == tok.eos_token_id and s.labels[-1] == tok.eos_token_id
   first = s.labels.index(targets[0])
-  prompt_ids = prompts.tokenize_prompt(tok, prompts.VICUNA_V1.prompt(ct.training_message(user)))
-  assert list(s.ids[:first]) == prompt_ids and all(x == ct.IGNORE_INDEX for x in s.labels[:first])
+  prompt_ids = prompts.tokenize_prompt(tok, prompts.VICUNA_V1.prompt(critic_sft.training_message(user)))
+  assert list(s.ids[:first]) == prompt_ids and all(x == critic_sft.IGNORE_INDEX for x in s.labels[:first])
   # hermes-2 (40B): the answer and <|im_end|> count.
-  h = ct.encode_sft(tok, "hermes-2", user, answer)
-  ht = [i for i, lab in zip(h.ids, h.labels) if lab != ct.IGNORE_INDEX]
+  h = critic_sft.encode_sft(tok, "hermes-2", user, answer)
+  ht = [i for i, lab in zip(h.ids, h.labels) if lab != critic_sft.IGNORE_INDEX]
   assert tok.decode(ht) == answer + "<|im_end|>"
   # The padded arrays: image slots expanded, each target predicted from the position before it.
   arr = setup["transform"](ex)
   n = int(arr["attention_mask"].sum())
-  ids, slots, labels = ct.expand_images(s, tokens_per_frame=1)
+  ids, slots, labels = critic_sft.expand_images(s, tokens_per_frame=1)
   assert n == len(ids) and (arr["image_slots"][:n] >= 0).sum() == 8
   np.testing.assert_array_equal(arr["image_slots"][arr["image_slots"] >= 0], np.arange(8))
   k = int((arr["target_ids"] >= 0).sum())
@@ -179,7 +180,7 @@ def trained(setup):
                         optim=ct.SftOptimConfig(lr=3e-3, warmup_ratio=0.03, total_steps=150))
   state = tr.init_state()
   rows = setup["train"]
-  everything = ct.collate(rows[:8]), ct.collate(rows[8:] + rows[:16 - n])
+  everything = critic_sft.collate(rows[:8]), critic_sft.collate(rows[8:] + rows[:16 - n])
   before = [tr.loss(state, b) for b in everything]
   rng = np.random.default_rng(0)
   losses = []
@@ -201,7 +202,7 @@ def test_lora_training_lowers_the_loss_and_learns_the_labels(setup, trained):
   assert acc >= 0.9
   # The same, scored the way evaluation scores: Critic.label_probs argmax on the training set.
   c = critic.Critic(trained["tr"].model(trained["state"]), setup["tok"])
-  res = ct.evaluate(c, setup["splits"]["train"], mode="logits", batch_size=8, prompt_style="train")
+  res = critic_eval.evaluate(c, setup["splits"]["train"], mode="logits", batch_size=8, prompt_style="train")
   print(f"train-split label accuracy (logits mode): {res.to_json()['accuracy']}")
   assert res.overall >= 0.9
   # Only the LoRA factors moved: the frozen weights are the loaded ones.

@@ -125,7 +125,10 @@ def test_config_block_matches_defaults():
     cfg = R.RewardConfig.from_config(mod.get_config().reward)
     assert dict(cfg.label_scores) == R.REWARD_MAP
     assert cfg.dimension_weights == dict.fromkeys(DIMS, 1.0)
-    assert cfg.reward(labels("Good", "Normal", "Bad")) == R.reward(labels("Good", "Normal", "Bad"))
+    # The paper configs reproduce LiFT's process_reward_score.py: its reading, rounded to 2.
+    assert (cfg.parse_rule, cfg.round_digits) == ("lift", 2)
+    assert cfg.reward(labels("Good", "Normal", "Bad")) == round(
+        R.reward(labels("Good", "Normal", "Bad")), 2) == 0.38
   assert critic_40b.get_config().critic.template == "hermes-2"
   assert critic_13b.get_config().critic.template == "vicuna_v1"
   s = critic_13b.get_config().sampling

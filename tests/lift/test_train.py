@@ -184,3 +184,41 @@ def test_optimizer_moments_are_sharded_like_their_parameters():
   assert "fsdp" in jax.tree.leaves(tuple(kernel_spec))
   moments = [x for x in jax.tree.leaves(state["opt_state"]) if x.shape == (2, 32, 128)]
   assert moments and all(m.sharding.spec == kernel_spec for m in moments)
+
+
+def test_blocks_trains_only_the_blocks():
+  """The paper's default: only blocks.* have gradients and optimizer state; the embeddings,
+  norm_out and proj_out stay bit-identical through steps."""
+  mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
+  tr = train.Trainer(cogvideox.CogVideoXTransformer3D(CFG, rngs=nnx.Rngs(0)), mesh=mesh,
+                     optim=train.OptimConfig(lr=1e-2, warmup_steps=1, total_steps=10))
+  assert tr.trainable == "blocks"
+  state, metrics = run_steps(tr, batches(2))
+  assert bool(metrics["finite"])
+  assert set(state["params"]) == {"blocks"}
+  n_params = len(jax.tree.leaves(state["params"]))
+  moments = [x for x in jax.tree.leaves(state["opt_state"]) if x.ndim > 0]
+  assert len(moments) == 2 * n_params  # Adam's mu and nu, for the block parameters only
+  base = nnx.to_pure_dict(nnx.state(cogvideox.CogVideoXTransformer3D(CFG, rngs=nnx.Rngs(0)),
+                                    nnx.Param))
+  trained = nnx.to_pure_dict(nnx.state(tr.model(state), nnx.Param))
+  frozen = [k for k in base if k != "blocks"]
+  assert {"patch_proj", "text_proj", "time_embedding", "norm_final", "norm_out", "proj_out",
+          "norm_out_linear"} <= set(frozen)
+  for k in frozen:
+    for x, y in zip(jax.tree.leaves(trained[k]), jax.tree.leaves(base[k])):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=k)
+  assert max_diff(trained["blocks"], base["blocks"]) > 0
+
+
+def test_real_samples_weigh_the_stored_lambda_unless_overridden():
+  """λ has one source: the reward prepare stored with the real videos; LossConfig overrides it."""
+  mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
+  batch = batches(1)[0]
+  batch["reward"] = np.where(batch["is_real"], np.float32(0.3), batch["reward"])
+  for loss, want in ((train.LossConfig(), 0.3), (train.LossConfig(real_weight=0.5), 0.5)):
+    tr = train.Trainer(cogvideox.CogVideoXTransformer3D(CFG, rngs=nnx.Rngs(0)), mesh=mesh,
+                       loss=loss, optim=train.OptimConfig(lr=1e-3, warmup_steps=1,
+                                                          total_steps=10))
+    _, metrics = tr.step(tr.init_state(), batch)
+    assert float(metrics["real_weight"]) == pytest.approx(want, abs=1e-7)

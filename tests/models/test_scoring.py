@@ -22,7 +22,8 @@ from transformers import SiglipVisionModel as HFSiglipVisionModel
 from lift_jax.data.video import VideoReadError
 from lift_jax.lift import reward as reward_lib
 from lift_jax.models import critic as critic_lib
-from lift_jax.models.critic import prompts, scoring
+from lift_jax.models.critic import prompts
+from lift_jax.stages import score as score_stage
 from tests.models.test_critic import VISION, Projector, write_vila_folder
 from tests.reference import perturb_
 
@@ -118,8 +119,8 @@ def test_logits_and_generate_agree_on_forced_answers(forced):
   greedy = dict(temperature=0.0, max_new_tokens=6)
   for label in reward_lib.LABELS:
     force_answers(forced, answer_chain(label))
-    gen = scoring.Scorer(forced, "generate", sampling=greedy, batch_videos=2).score(px, captions)
-    log = scoring.Scorer(forced, "logits", batch_videos=2).score(px, captions)
+    gen = score_stage.Scorer(forced, "generate", sampling=greedy, batch_videos=2).score(px, captions)
+    log = score_stage.Scorer(forced, "logits", batch_videos=2).score(px, captions)
     for g, lg in zip(gen, log):
       assert set(g.labels) == set(prompts.QUESTION_KEYS)
       assert g.labels == lg.labels == {d: label for d in prompts.QUESTION_KEYS}
@@ -142,20 +143,20 @@ def test_unparseable_answers_are_counted_not_good(forced):
   captions = ["a video", "the video"]
   stats = reward_lib.LabelStats()
   greedy = dict(temperature=0.0, max_new_tokens=6)
-  gen = scoring.Scorer(forced, "generate", sampling=greedy, batch_videos=2).score(
+  gen = score_stage.Scorer(forced, "generate", sampling=greedy, batch_videos=2).score(
       px, captions, keys=["a.mp4", "b.mp4"], stats=stats)
   assert all(g.reward is None and g.labels == {d: None for d in prompts.QUESTION_KEYS}
              and g.answers["fidelity issues"] == "Hmm" for g in gen)
   assert stats.num_unparseable == 6 and stats.examples[0]["path"] == "a.mp4"
-  log = scoring.Scorer(forced, "logits", batch_videos=2).score(px, captions)
+  log = score_stage.Scorer(forced, "logits", batch_videos=2).score(px, captions)
   assert all(lg.reward is None and max(lg.label_mass.values()) < 1e-3 for lg in log)
   # Policy "bad": scored as Bad, the dimensions flagged.
-  bad = scoring.Scorer(forced, "logits", batch_videos=2,
+  bad = score_stage.Scorer(forced, "logits", batch_videos=2,
                        reward_config=reward_lib.RewardConfig(unparseable="bad")).score(px, captions)
   assert bad[0].reward == pytest.approx(0.05) and set(bad[0].unparsed) == set(prompts.QUESTION_KEYS)
   # LiFT's own rule reads "Hmm" as Good; the stats still count it.
   stats = reward_lib.LabelStats()
-  lift = scoring.Scorer(forced, "generate", sampling=greedy, batch_videos=2,
+  lift = score_stage.Scorer(forced, "generate", sampling=greedy, batch_videos=2,
                         reward_config=reward_lib.RewardConfig(parse_rule="lift")).score(
                             px, captions, stats=stats)
   assert lift[0].reward == pytest.approx(0.9) and stats.num_unparseable == 6
@@ -165,11 +166,11 @@ def test_logits_mode_needs_distinct_label_tokens(forced):
   from tests.models.test_llama import byte_tokenizer
   byte = critic_lib.Critic(forced.model, byte_tokenizer(), "vicuna_v1")  # " " starts all three
   with pytest.raises(ValueError, match="share a first token"):
-    scoring.Scorer(byte, "logits")
+    score_stage.Scorer(byte, "logits")
   with pytest.raises(ValueError, match="num_beams"):
-    scoring.Scorer(forced, "generate", sampling=dict(num_beams=4))
+    score_stage.Scorer(forced, "generate", sampling=dict(num_beams=4))
   with pytest.raises(ValueError, match="mode"):
-    scoring.Scorer(forced, "beam")
+    score_stage.Scorer(forced, "beam")
 
 
 # ----------------------------------------------------------------------------- plumbing (a stub)
@@ -214,7 +215,7 @@ def test_batches_keep_order_and_pad_to_one_shape():
   stub = StubCritic(STUB)
   videos = [np.full((2, 2, 2, 3), k, np.uint8) for k in range(5)]
   px = [stub.pixel_values(v) for v in videos]
-  sc = scoring.Scorer(stub, "generate", batch_videos=2, sampling=dict(temperature=0.0))
+  sc = score_stage.Scorer(stub, "generate", batch_videos=2, sampling=dict(temperature=0.0))
   out = sc.score(px, ["c"] * 5)
   assert stub.calls == [2, 2, 2]  # the last video padded to a batch of 2
   assert [o.reward for o in out] == pytest.approx([0.9, (0.2 + 0.05 + 0.9) / 3, None, 0.1, 0.9])
@@ -222,9 +223,9 @@ def test_batches_keep_order_and_pad_to_one_shape():
                            "motion issues": "Good"}
   assert out[1].reasons["fidelity issues"] == "missing legs" and out[2].unparsed == (
       "semantic consistency",)
-  one = scoring.Scorer(stub, "generate", batch_videos=1, sampling=dict(temperature=0.0))
+  one = score_stage.Scorer(stub, "generate", batch_videos=1, sampling=dict(temperature=0.0))
   assert [o.to_json() for o in one.score(px, ["c"] * 5)] == [o.to_json() for o in out]
-  lg = scoring.Scorer(stub, "logits", batch_videos=3).score(px, ["c"] * 5)
+  lg = score_stage.Scorer(stub, "logits", batch_videos=3).score(px, ["c"] * 5)
   assert [o.labels for o in lg if o.ok] == [o.labels for o in out if o.ok]
   assert lg[2].reward is None and lg[0].expected_reward == pytest.approx(0.9)
 
@@ -248,8 +249,9 @@ def _read(path):
 def test_score_manifest_resumes_and_counts(tmp_path):
   manifest = _manifest(tmp_path, 4)
   out = str(tmp_path / "scores.jsonl")
-  sc = scoring.Scorer(StubCritic(STUB), "generate", batch_videos=2, sampling=dict(temperature=0))
-  s = scoring.score_manifest(sc, manifest, out, read=_read, progress=False)
+  sc = score_stage.Scorer(StubCritic(STUB), "generate", batch_videos=2,
+                          sampling=dict(temperature=0))
+  s = score_stage.score_manifest(sc, manifest, out, read=_read, progress=False)
   counts = (s["videos_in_manifest"], s["scored"], s["unparseable_videos"], s["unreadable"])
   assert counts == (5, 3, 1, 1)
   assert s["unreadable_videos"] == [
@@ -279,26 +281,55 @@ def test_score_manifest_resumes_and_counts(tmp_path):
     f.write(text[:-20])
   manifest = _manifest(tmp_path, 5)  # and one new video
   stub = StubCritic(STUB)
-  sc = scoring.Scorer(stub, "generate", batch_videos=2, sampling=dict(temperature=0))
-  s = scoring.score_manifest(sc, manifest, out, read=_read, progress=False)
+  sc = score_stage.Scorer(stub, "generate", batch_videos=2, sampling=dict(temperature=0))
+  s = score_stage.score_manifest(sc, manifest, out, read=_read, progress=False)
   assert s["this_run"]["resumed"] == 3 and s["this_run"]["scored"] == 2  # v3 again and v4
   assert (s["scored"], s["unparseable_videos"], s["unreadable"]) == (4, 1, 1)
   assert [json.loads(x)["path"] for x in open(out)] == [f"videos/v{k}.mp4" for k in (0, 1, 3, 4)]
   with pytest.raises(ValueError, match="mode"):
-    scoring.score_manifest(scoring.Scorer(stub, "logits"), manifest, out, read=_read,
-                           progress=False)
-  s = scoring.score_manifest(scoring.Scorer(stub, "logits"), manifest, out, read=_read,
-                             progress=False, overwrite=True)
+    score_stage.score_manifest(score_stage.Scorer(stub, "logits"), manifest, out, read=_read,
+                               progress=False)
+  s = score_stage.score_manifest(score_stage.Scorer(stub, "logits"), manifest, out, read=_read,
+                                 progress=False, overwrite=True)
   assert s["this_run"]["resumed"] == 0 and s["scored"] == 4 and s["mode"] == "logits"
 
 
 def test_manifest_errors_name_the_line(tmp_path):
   manifest = tmp_path / "m.jsonl"
   manifest.write_text(json.dumps({"prompt": "x"}) + "\n")
-  sc = scoring.Scorer(StubCritic(STUB), "generate")
+  sc = score_stage.Scorer(StubCritic(STUB), "generate")
   with pytest.raises(ValueError, match=r"m.jsonl:1: missing field 'path'"):
-    scoring.score_manifest(sc, str(manifest), str(tmp_path / "s.jsonl"), progress=False)
+    score_stage.score_manifest(sc, str(manifest), str(tmp_path / "s.jsonl"), progress=False)
   manifest.write_text(json.dumps({"prompt": "x", "path": "a.mp4"}) + "\n"
                       + json.dumps({"prompt": "y", "path": "./a.mp4"}) + "\n")
   with pytest.raises(ValueError, match=r"m.jsonl:2: .* listed twice"):
-    scoring.score_manifest(sc, str(manifest), str(tmp_path / "s.jsonl"), progress=False)
+    score_stage.score_manifest(sc, str(manifest), str(tmp_path / "s.jsonl"), progress=False)
+
+
+def test_lift_test_json_in_critic_output_out_and_lift_parse(tmp_path):
+  """LiFT's test.json (videos under a root) in; its critic-output layout out beside scores.jsonl;
+  LiFT's get_score reading with rounding, and the strict reading's rejects still counted."""
+  items = [{"video_id": f"demo_{k}", "video": f"v{k}.mp4", "caption": f"caption {k}"}
+           for k in (1, 2, 3)]
+  (tmp_path / "test.json").write_text(json.dumps(items, indent=4))
+  rc = reward_lib.RewardConfig(parse_rule="lift", round_digits=2)
+  sc = score_stage.Scorer(StubCritic(STUB), "generate", batch_videos=2,
+                          sampling=dict(temperature=0), reward_config=rc)
+  out = tmp_path / "out" / "scores.jsonl"
+  s = score_stage.score_manifest(sc, str(tmp_path / "test.json"), str(out), read=_read,
+                                 progress=False, video_root=str(tmp_path / "clips"),
+                                 lift_output="critic_output_13b.json")
+  # By hand: v1 Normal / " bad - ..." (no 'Bad': Good) / Good -> (0.2 + 0.9 + 0.9) / 3 = 0.67;
+  # v2 Good x3 (its "I think it is good" has no leading label) -> 0.9; v3 Bad, Bad, Normal -> 0.1.
+  rows = [json.loads(x) for x in open(out)]
+  assert [r["reward"] for r in rows] == [0.67, 0.9, 0.1]
+  assert [r["video_id"] for r in rows] == ["demo_1", "demo_2", "demo_3"]
+  assert rows[0]["path"] == str(tmp_path / "clips" / "v1.mp4")
+  assert (s["scored"], s["unparseable_videos"]) == (3, 0)
+  # " bad - missing legs" is read by the strict rule, "I think it is good" is not: 1 reject.
+  assert s["strict_rejects"] == 1 and s["this_run"]["unparseable_answers"] == 1
+  lift_out = json.load(open(tmp_path / "out" / "critic_output_13b.json"))
+  assert [x["video_id"] for x in lift_out] == ["demo_1", "demo_2", "demo_3"]
+  assert lift_out[1] == {"video_id": "demo_2", "video": "v2.mp4", "caption": "caption 2",
+                         **STUB[2]}
+  assert reward_lib.critic_output_rewards(lift_out) == [0.67, 0.9, 0.1]

@@ -17,7 +17,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from lift_jax.data import hra
-from lift_jax.lift import critic_train as ct
+from lift_jax.data import critic_sft as ct
 from lift_jax.models import critic
 from lift_jax.models.critic import prompts
 from tests.models.test_critic import vila_tokenizer_image_token

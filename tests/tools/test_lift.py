@@ -5,6 +5,7 @@ The end-to-end runs take minutes on 2 cores, so they are marked slow (run with `
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,33 +52,102 @@ def _final_params(workdir):
   return {k: np.asarray(v[...]) for k, v in flat_variables(nnx.state(model)).items()}
 
 
+def _spawn(workdir, log_path, *extra):
+  return subprocess.Popen([sys.executable, LIFT, "--config=configs/demo.py", f"--workdir={workdir}",
+                           *extra], cwd=ROOT, env=ENV, stdout=open(log_path, "a"),
+                          stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_when(proc, ready, log_path, timeout=600) -> bool:
+  """kill -9 the whole tree as soon as `ready()`; False if the process ended first."""
+  deadline = time.time() + timeout
+  while not ready():
+    if proc.poll() is not None:
+      return False
+    assert time.time() < deadline, "no kill point reached:\n" + open(log_path).read()[-3000:]
+    time.sleep(0.005)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  return True
+
+
 @pytest.mark.slow
 def test_killed_in_training_resumes_without_repeating_stages(tmp_path):
+  """kill -9 lands at several points of training (before any checkpoint, right after one commits,
+  while the last one is written) and the resumed run ends bit-identical to an uninterrupted one.
+
+  Both runs train on the same prepared data (the killed run starts from copies of the straight
+  run's generate/score/prepare stages): two clean runs of the generate stage do not always give
+  the same videos, and that, not resuming, made the two runs' parameters differ (by ~6e-6, the
+  last steps' learning rate).
+  """
   straight = tmp_path / "straight"
   assert _run(straight).returncode == 0
   assert os.path.isfile(straight / "report.html")
 
   work = tmp_path / "killed"
-  log = open(tmp_path / "killed.log", "w")
-  proc = subprocess.Popen([sys.executable, LIFT, "--config=configs/demo.py", f"--workdir={work}"],
-                          cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT,
-                          start_new_session=True)
+  for part in ("assets", "round1/generate", "round1/score", "round1/prepare"):
+    shutil.copytree(straight / part, work / part, symlinks=True)
   ckpts = work / "round1" / "train" / "checkpoints"
-  deadline = time.time() + 600
-  while not (ckpts.is_dir() and any(d.isdigit() for d in os.listdir(ckpts))):
-    assert proc.poll() is None and time.time() < deadline, (
-        "training never checkpointed:\n" + (tmp_path / "killed.log").read_text()[-3000:])
-    time.sleep(0.1)
-  os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the whole tree in the train stage
-  proc.wait()
-  assert not (work / "round1" / "train" / "DONE.json").exists()
+  log = tmp_path / "killed.log"
+
+  def steps(pred):
+    return lambda: ckpts.is_dir() and any(pred(d) for d in os.listdir(ckpts))
+
+  points = {
+      "training, no checkpoint yet": lambda: (work / "round1" / "train" / "tensorboard").is_dir(),
+      "step 4 committed": steps(lambda d: d == "4"),
+      "step 8 being written or just committed": steps(lambda d: d.startswith("8")),
+  }
+  for point, ready in points.items():
+    assert _kill_when(_spawn(work, log, "--stages=train"), ready, log), point
+    assert not (work / "round1" / "train" / "DONE.json").exists(), point
   done_before = {s: json.loads((work / s / "DONE.json").read_text())
                  for s in ("round1/generate", "round1/score", "round1/prepare")}
 
-  out = _run(work)
+  out = _run(work, "--stages=generate,score,prepare,train")
   assert out.returncode == 0, out.stderr[-2000:]
   for stage in done_before:
     assert f"[lift] {stage}: done, skipped" in out.stdout
   expected, got = _final_params(straight), _final_params(work)
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_lambda_set_in_the_loop_config_weighs_real_videos_in_the_step(tmp_path):
+  """λ = config.real_weight reaches the train step (prepare stores it, the loss reads it), and
+  prepare exports the scored set as LiFT's data.json."""
+  from configs import demo
+
+  from lift_jax.data import video
+  from lift_jax.lift import runner
+
+  work = tmp_path / "w"
+  gen, sco = work / "round1" / "generate", work / "round1" / "score"
+  rng = np.random.default_rng(0)
+  for k in range(2):
+    video.write_video(str(gen / "videos" / f"{k}.mp4"),
+                      rng.integers(0, 255, (9, 32, 48, 3), np.uint8))
+  video.write_video(str(tmp_path / "real.mp4"), rng.integers(0, 255, (60, 32, 48, 3), np.uint8))
+  (gen / "manifest.jsonl").write_text("".join(
+      json.dumps({"prompt": f"a cat {k}", "seed": k, "path": f"videos/{k}.mp4"}) + "\n"
+      for k in range(2)))
+  sco.mkdir(parents=True)
+  (sco / "scores.jsonl").write_text("".join(
+      json.dumps({"path": f"../generate/videos/{k}.mp4", "reward": r}) + "\n"
+      for k, r in enumerate((0.9, 0.05))))
+  (tmp_path / "real.jsonl").write_text(json.dumps({"path": "real.mp4", "caption": "real"}) + "\n")
+  cfg = demo.get_config()
+  cfg.real, cfg.real_weight = str(tmp_path / "real.jsonl"), 0.3
+  cfg.train.overrides = ["model.dtype=float32", "model.remat=none", "data.batch_size=8",
+                         "num_steps=1", "checkpoint_every=1", "log_every=1"]
+  runner.Run(cfg, str(work)).run(["prepare", "train"])
+  exported = json.load(open(work / "round1" / "prepare" / "data.json"))
+  assert [(os.path.basename(r["video"]), r["score"]) for r in exported] == [
+      ("0.mp4", 0.9), ("1.mp4", 0.05), ("real.mp4", 0.3)]
+  history = [json.loads(x) for x in open(work / "round1" / "train" / "train_history.jsonl")]
+  assert history[0]["real_weight"] == pytest.approx(0.3, abs=1e-7)
+  cfg.train.overrides = ["loss.real_weight=1.0"]  # a second λ is refused
+  with pytest.raises(runner.ConfigError, match="real_weight"):
+    runner.Run(cfg, str(tmp_path / "w2")).run(["prepare"])

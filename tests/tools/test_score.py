@@ -81,10 +81,16 @@ def test_scores_jsonl_summary_and_resume(work):
   assert len(open(out).readlines()) == 3
 
 
+def _strict():
+  cfg = _config()
+  cfg.reward.parse_rule = "start"  # the strict reading (the paper configs default to LiFT's)
+  return cfg
+
+
 def test_unparseable_answers_are_counted(work):
   out = str(work["root"] / "work" / "garbage.jsonl")
   for mode in ("generate", "logits"):
-    s = work["tool"].run(_config(), work["manifest"], out, critic_path=work["garbage"], mode=mode,
+    s = work["tool"].run(_strict(), work["manifest"], out, critic_path=work["garbage"], mode=mode,
                          overwrite=True, progress=False)
     assert (s["scored"], s["unparseable_videos"], s["unparseable_answers"], s["unreadable"]) == (
         0, 3, 9, 1), mode
@@ -97,12 +103,21 @@ def test_unparseable_answers_are_counted(work):
     else:
       assert max(bad[0]["label_mass"].values()) < 1e-3
   # Policy "bad": they are scored (as Bad) and still counted.
-  cfg = _config()
+  cfg = _strict()
   cfg.reward.unparseable = "bad"
   s = work["tool"].run(cfg, work["manifest"], out, critic_path=work["garbage"], mode="logits",
                        overwrite=True, progress=False)
   assert (s["scored"], s["unparseable_videos"], s["unparseable_answers"]) == (3, 0, 9)
   assert s["mean_reward"] == pytest.approx(0.05)
+  # The paper config's default, LiFT's get_score: "Hmm" reads as Good (0.9, rounded), and the 9
+  # answers the strict reading rejects are still counted.
+  s = work["tool"].run(_config(), work["manifest"], out, critic_path=work["garbage"],
+                       mode="generate", overwrite=True, progress=False)
+  assert (s["scored"], s["unparseable_videos"], s["strict_rejects"]) == (3, 0, 9)
+  assert s["this_run"]["unparseable_answers"] == 9 and s["mean_reward"] == 0.9
+  lift_out = json.load(open(work["root"] / "work" / "critic_output_13b.json"))
+  assert [x["video"] for x in lift_out] == [f"{k:03d}.mp4" for k in range(3)]
+  assert all(x[d] == "Hmm" for x in lift_out for d in s["label_counts"])
 
 
 def test_command_line(work, tmp_path):

@@ -13,29 +13,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+# The questions live with the rest of the critic's vocabulary; re-exported for prompt callers.
+from lift_jax.models.critic.vocabulary import (DIMENSIONS, LABELS, NUM_FRAMES,  # noqa: F401
+                                               QUESTION_KEYS, QUESTIONS)
+
 IMAGE_TOKEN = "<image>"
 IMAGE_TOKEN_INDEX = -200
-NUM_FRAMES = 8
-
-# Output key -> question appended to the caption (leading space included), in the order LiFT asks.
-QUESTIONS: dict[str, str] = {
-    "semantic consistency": (
-        " Please identify the semantic consistency issues in this video, focusing on the alignment "
-        "between the text and the visual content. Specifically, point out any discrepancies "
-        "regarding the subject (e.g., person or animal), quantity, color, scene description, style, "
-        "and other relevant aspects."),
-    "fidelity issues": (
-        " Please identify the fidelity issues in this video, assessing the realism of the content, "
-        "including people, animals, and other objects. Highlight any problems such as missing "
-        "limbs, deformed hands or faces, or other unrealistic elements."),
-    "motion issues": (
-        " Please identify the motion issues in this video, focusing on the continuity and "
-        "smoothness of actions, as well as their coherence and adherence to the laws of physics."),
-}
-QUESTION_KEYS: tuple[str, ...] = tuple(QUESTIONS)
-# Paper dimension names of the three keys.
-DIMENSIONS = {"semantic consistency": "Semantic Consistency", "fidelity issues": "Video Fidelity",
-              "motion issues": "Motion Smoothness"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +110,7 @@ def tokenize_prompt(tokenizer, prompt: str, image_token_index: int = IMAGE_TOKEN
 
 
 def label_token_ids(tokenizer, template: str | Template,
-                    labels: Sequence[str] = ("Good", "Normal", "Bad")) -> dict[str, int]:
+                    labels: Sequence[str] = LABELS) -> dict[str, int]:
   """The first token of each answer label as the critic emits it right after the prompt.
 
   Found by tokenizing the prompt's last chunk with and without `answer_prefix + label` (the same
