@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lift_jax import runtime  # noqa: E402
-from lift_jax.checkpoint import convert as convert_lib  # noqa: E402
+from lift_jax.models import convert as convert_lib  # noqa: E402
 from lift_jax.checkpoint.safetensors import CheckpointError  # noqa: E402
 
 

@@ -16,16 +16,15 @@ from typing import Iterable
 import ml_dtypes
 import numpy as np
 
+from lift_jax import files
+from lift_jax.files import CheckpointError  # noqa: F401  (re-exported: its historic home)
+
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
     "BOOL": np.bool_, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
 }
 _MAX_HEADER = 100 * 1024 * 1024
-
-
-class CheckpointError(ValueError):
-  """A checkpoint file or folder is missing, corrupt or does not match the model."""
 
 
 class SafetensorsFile:
@@ -93,13 +92,11 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict 
     offset += nbytes
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
+  with files.atomic_file(path) as tmp, open(tmp, "wb") as f:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for arr in tensors.values():
       f.write(np.ascontiguousarray(arr).tobytes())
-  os.replace(tmp, path)
 
 
 def write_sharded(folder: str, tensors: Iterable[tuple[str, np.ndarray]], *,
@@ -136,8 +133,8 @@ def write_sharded(folder: str, tensors: Iterable[tuple[str, np.ndarray]], *,
     names.append(name)
     weight_map.update({k: name for k in keys})
   if total > 1:
-    with open(os.path.join(folder, f"{weights_name}.safetensors.index.json"), "w") as f:
-      json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+    files.write_json(os.path.join(folder, f"{weights_name}.safetensors.index.json"),
+                     {"metadata": {}, "weight_map": weight_map})
   return names
 
 

@@ -9,7 +9,6 @@ never leaves a half-written checkpoint under the final name.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Iterable
 
@@ -18,8 +17,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from lift_jax.checkpoint import folders
-from lift_jax.checkpoint.safetensors import CheckpointError
+from lift_jax import files
+from lift_jax.files import CheckpointError
 from lift_jax.parallel import mesh as mesh_lib
 
 META_FILE = "lift_jax.json"
@@ -32,11 +31,7 @@ def is_converted(path: str) -> bool:
 
 def read_meta(path: str) -> dict[str, Any]:
   meta_path = os.path.join(path, META_FILE)
-  try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except (OSError, json.JSONDecodeError) as err:
-    raise CheckpointError(f"{meta_path}: unreadable converted-checkpoint metadata ({err})") from err
+  meta = files.read_json(meta_path, "lift_jax's converted-checkpoint metadata")
   if meta.get("format") != FORMAT_VERSION or "kind" not in meta or "config" not in meta:
     raise CheckpointError(f"{meta_path}: not a lift_jax converted checkpoint (format {FORMAT_VERSION})")
   return meta
@@ -62,13 +57,14 @@ def _checkpointer() -> ocp.Checkpointer:
 
 def save_streaming(dst: str, kind: str, config: dict[str, Any],
                    arrays: Iterable[tuple[str, jax.Array]], *, overwrite: bool = False,
-                   group_bytes: int = 512 * 1024**2) -> str:
+                   group_bytes: int = 512 * 1024**2,
+                   extra: Callable[[str], None] | None = None) -> str:
   """Saves parameters as they arrive, in groups of about `group_bytes`, releasing each group.
 
   `arrays` yields (dotted NNX path, array); each group is one orbax checkpoint under
-  `params/NNNNN/`, so peak memory is one group, not the model.
+  `params/NNNNN/`, so peak memory is one group, not the model. `extra(folder)` may add files.
   """
-  with folders.atomic_directory(dst, overwrite=overwrite) as tmp:
+  with files.atomic_directory(dst, overwrite=overwrite) as tmp:
     groups: list[list[str]] = []
     pending: dict[str, jax.Array] = {}
     size = 0
@@ -87,18 +83,19 @@ def save_streaming(dst: str, kind: str, config: dict[str, Any],
         size = 0
     if pending or not groups:
       flush()
-    with open(os.path.join(tmp, META_FILE), "w") as f:
-      json.dump({"format": FORMAT_VERSION, "kind": kind, "config": config, "groups": groups}, f,
-                indent=2)
+    files.write_json(os.path.join(tmp, META_FILE), {"format": FORMAT_VERSION, "kind": kind,
+                                                    "config": config, "groups": groups})
+    if extra is not None:
+      extra(tmp)
   return os.path.abspath(dst)
 
 
 def save_model(dst: str, kind: str, config: dict[str, Any], model: nnx.Module, *,
-               overwrite: bool = False) -> str:
+               overwrite: bool = False, extra: Callable[[str], None] | None = None) -> str:
   """Saves `model`'s parameters and `config` to `dst` atomically; returns `dst`."""
   flat = [(".".join(str(getattr(k, "key", k)) for k in path), var[...])
           for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))]
-  return save_streaming(dst, kind, config, flat, overwrite=overwrite)
+  return save_streaming(dst, kind, config, flat, overwrite=overwrite, extra=extra)
 
 
 def restore_model(path: str, make_model: Callable[[], nnx.Module], *, mesh: Mesh | None = None,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
 
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
 from lift_jax.parallel import mesh as mesh_lib
@@ -33,6 +34,21 @@ def identity(x):
 def linear(x):
   """torch Linear weight [out, in] -> kernel [in, out]."""
   return x.T
+
+
+def heads_in(d: int, n: int, h: int) -> tuple[Callable, Callable]:
+  """(transform, inverse) of a projection into heads: torch weight [N·H, D] <-> kernel [D, N, H]."""
+  return (lambda w: w.T.reshape(d, n, h)), (lambda k: k.reshape(d, n * h).T)
+
+
+def heads_out(n: int, h: int, d: int) -> tuple[Callable, Callable]:
+  """(transform, inverse) of the projection out of heads: torch [D, N·H] <-> kernel [N, H, D]."""
+  return (lambda w: w.T.reshape(n, h, d)), (lambda k: k.reshape(n * h, d).T)
+
+
+def head_bias(n: int, h: int) -> tuple[Callable, Callable]:
+  """(transform, inverse) of a per-head bias: [N·H] <-> [N, H]."""
+  return (lambda b: b.reshape(n, h)), (lambda b: b.reshape(-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +153,7 @@ def stream_from_table(abstract_state: nnx.State, folder: WeightFolder, rules: Se
   check_table(folder, rules, variables, ignore)
   mesh = mesh or mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
   shardings = flat_variables(mesh_lib.param_shardings(abstract_state, mesh, rules_logical))
-  iterator = rules
-  if progress:
-    from tqdm import tqdm
-    iterator = tqdm(rules, desc="loading", unit="param")
+  iterator = tqdm(rules, desc="loading", unit="param") if progress else rules
   for rule in iterator:
     var = variables[rule.dst]
     dtype = var.dtype

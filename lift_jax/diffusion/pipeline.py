@@ -32,8 +32,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from lift_jax import parallel
 from lift_jax.checkpoint import store
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
+from lift_jax.checkpoint.spec import ModelSpec
 from lift_jax.diffusion import samplers
 from lift_jax.diffusion.schedule import NoiseSchedule
+from lift_jax.models.cogvideox import params as cogvideox_params
+from lift_jax.models.cogvideox import vae_params
+from lift_jax.models.cogvideox.loading import load_transformer
+from lift_jax.models.cogvideox.vae_params import load_vae
+from lift_jax.models.t5 import params as t5_params
+from lift_jax.models.t5 import tokenizer as tok_lib
+from lift_jax.models.t5.params import load_encoder
+from lift_jax.models.t5.tokenizer import CogVideoXTokenizer
 
 MAX_SEQUENCE_LENGTH = 226
 BATCH_AXES = ("data", "fsdp")
@@ -319,23 +328,19 @@ class PipelinePaths:
     return dataclasses.asdict(self)
 
 
-def _check_weights(what: str, path: str, subfolder: str, config_of) -> None:
+def _check_weights(what: str, path: str, spec: ModelSpec) -> None:
   """A component path exists and its config and safetensors headers read: cheap, before loading."""
   if not path:
     raise CheckpointError(f"no {what} checkpoint given (set it, or a pipeline root holding "
-                          f"{subfolder}/)")
+                          f"{spec.subfolder}/)")
   if not os.path.exists(path):
     raise CheckpointError(f"{what} checkpoint {path}: does not exist")
-  config_of(path)  # names a missing or bad config.json / lift_jax.json
+  spec.config(path)  # names a missing or bad config.json / lift_jax.json
   if store.is_converted(path):
     if not os.path.isdir(os.path.join(path, "params")):
       raise CheckpointError(f"{what} checkpoint {path}: converted checkpoint without params/")
     return
-  folder = path
-  nested = os.path.join(path, subfolder)
-  if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(nested):
-    folder = nested
-  WeightFolder(folder)  # opens every shard's header: a truncated or corrupt file is named here
+  WeightFolder(spec.folder(path))  # opens every shard's header: a truncated file is named here
 
 
 def _scheduler_file(path: str) -> str:
@@ -354,18 +359,12 @@ def resolve_paths(root: str | None = None, *, transformer: str | None = None,
   Components may be diffusers folders or converted checkpoints. The tokenizer defaults to `root`,
   then to the text encoder's folder; the scheduler to `root/scheduler/` when present.
   """
-  from lift_jax.models.cogvideox.loading import transformer_config
-  from lift_jax.models.cogvideox.vae_params import vae_config
-  from lift_jax.models.t5 import params as t5_params
-  from lift_jax.models.t5 import tokenizer as tok_lib
-
   if root is not None and not os.path.isdir(root):
     raise CheckpointError(f"pipeline root {root}: does not exist")
   paths = dict(transformer=transformer or root, vae=vae or root, text_encoder=text_encoder or root)
-  _check_weights("transformer", paths["transformer"], "transformer", transformer_config)
-  _check_weights("VAE", paths["vae"], "vae", vae_config)
-  _check_weights("text encoder", paths["text_encoder"], t5_params.SUBFOLDER,
-                 t5_params.encoder_config)
+  _check_weights("transformer", paths["transformer"], cogvideox_params.SPEC)
+  _check_weights("VAE", paths["vae"], vae_params.SPEC)
+  _check_weights("text encoder", paths["text_encoder"], t5_params.SPEC)
   tok = tokenizer or root or paths["text_encoder"]
   tok_lib.resolve_folder(tok)  # names a missing folder or missing tokenizer files
   sched = None
@@ -414,11 +413,6 @@ def load_pipeline(root: str | None = None, *, transformer: str | None = None,
   three models unless `vae_dtype` / `text_encoder_dtype` say otherwise; with `mesh`, weights go
   straight onto their shards and `generate` shards the prompt batch.
   """
-  from lift_jax.models.cogvideox.loading import load_transformer
-  from lift_jax.models.cogvideox.vae_params import load_vae
-  from lift_jax.models.t5.params import load_encoder
-  from lift_jax.models.t5.tokenizer import CogVideoXTokenizer
-
   paths = resolve_paths(root, transformer=transformer, vae=vae, text_encoder=text_encoder,
                         tokenizer=tokenizer, scheduler=scheduler)
   noise_schedule = load_schedule(paths.scheduler, schedule)

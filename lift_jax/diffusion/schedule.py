@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from lift_jax import layers
+
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 # Scheduler config keys that do not change the schedule or the step of the CogVideoX schedulers
@@ -94,19 +96,9 @@ class NoiseSchedule:
   @classmethod
   def from_diffusers_config(cls, config: dict[str, Any]) -> "NoiseSchedule":
     """From a `scheduler/scheduler_config.json` dict; unsupported values raise, naming the field."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs, unknown = {}, []
-    for key, value in config.items():
-      if key in fields:
-        kwargs[key] = value
-      elif key == "trained_betas":
-        if value is not None:
-          raise ValueError("scheduler config field trained_betas is not supported (expected null)")
-      elif key not in _IGNORED_KEYS:
-        unknown.append(key)
-    if unknown:
-      raise ValueError(f"scheduler config: unknown fields {sorted(unknown)} (expected the fields "
-                       f"of CogVideoXDDIMScheduler/CogVideoXDPMScheduler)")
+    kwargs = layers.config_fields(config, what="scheduler", config_class=cls,
+                                  fixed={"trained_betas": None}, ignored=_IGNORED_KEYS,
+                                  unknown="raise")
     # diffusers' constructor defaults differ from ours (e.g. 'leading', no zero-SNR): a field the
     # file leaves out takes the diffusers default, as `from_pretrained` would.
     defaults = dict(timestep_spacing="leading", rescale_betas_zero_snr=False,

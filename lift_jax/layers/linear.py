@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def _as_tuple(shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -65,8 +65,8 @@ class Dense(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     n_in, n_out = len(self.in_shape), len(self.out_shape)
-    contract = _LETTERS[x.ndim - n_in: x.ndim]
-    out = _LETTERS[x.ndim: x.ndim + n_out]
+    contract = LETTERS[x.ndim - n_in: x.ndim]
+    out = LETTERS[x.ndim: x.ndim + n_out]
     y = jnp.einsum(f"...{contract},{contract}{out}->...{out}", x.astype(self.dtype),
                    self.kernel[...].astype(self.dtype))
     if self.bias is not None:

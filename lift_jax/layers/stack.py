@@ -1,7 +1,9 @@
 """A stack of identical blocks, created with `nnx.vmap` and run with `lax.scan`.
 
 Compile time stays flat in depth, every stacked parameter gets a leading `layers` axis (logical name
-`layers`), and rematerialization is one switch.
+`layers`), and rematerialization is one switch. `scan` is the one loop over the layers: it also
+serves blocks that take per-layer inputs or give per-layer outputs (a KV cache) and runs only the
+first layers of the stack when asked (a tower's penultimate features).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 REMAT_POLICIES = {
@@ -40,13 +43,41 @@ class StackedBlocks(nnx.Module):
 
     self.layers = create(rngs)
 
-  def __call__(self, carry: Any, *shared: Any) -> Any:
-    graphdef, state = nnx.split(self.layers)
+  def scan(self, body: Callable, carry: Any, xs: Any = None, *,
+           depth: int | None = None) -> tuple[Any, Any]:
+    """`body(block, carry, x, i) -> (carry, y)` over the layers; returns the carry and stacked ys.
 
-    def body(c, layer_state):
-      return nnx.merge(graphdef, layer_state)(c, *shared), None
+    `xs` (leading axis = depth) gives each layer its own input, `i` is the layer index. With
+    `depth` < num_layers only the first `depth` blocks run; they are picked by index inside the
+    loop, so no partial copy of the stacked weights is made.
+    """
+    n = self.num_layers if depth is None else depth
+    if not 0 <= n <= self.num_layers:
+      raise ValueError(f"depth={depth}: the stack has {self.num_layers} layers")
+    if n == 0:
+      return carry, None
+    graphdef, state = nnx.split(self.layers)
+    whole = n == self.num_layers
+
+    def step(c, inputs):
+      layer_state, i, x = inputs
+      if not whole:
+        layer_state = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False),
+                                   state)
+      return body(nnx.merge(graphdef, layer_state), c, x, i)
 
     if self.remat != "none":
-      body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-    carry, _ = jax.lax.scan(body, carry, state)
+      step = jax.checkpoint(step, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+    return jax.lax.scan(step, carry, (state if whole else None, jnp.arange(n, dtype=jnp.int32), xs))
+
+  def depth_of(self, layer: int) -> int:
+    """How many blocks give transformers' `hidden_states[layer]` (0: the input, -1: the output)."""
+    n = self.num_layers
+    if not -(n + 1) <= layer <= n:
+      raise ValueError(f"layer={layer}: this stack has hidden states 0..{n} (or -{n + 1}..-1)")
+    return layer % (n + 1)
+
+  def __call__(self, carry: Any, *shared: Any, depth: int | None = None) -> Any:
+    """Every block (or the first `depth`) applied in turn: `carry = block(carry, *shared)`."""
+    carry, _ = self.scan(lambda block, c, x, i: (block(c, *shared), None), carry, depth=depth)
     return carry

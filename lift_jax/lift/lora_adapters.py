@@ -1,17 +1,9 @@
 """Trainable LoRA on the critic's LLM: y = x·W + (α/r)·dropout(x)·A·B, W frozen (PEFT's LoRA).
 
-Design: `add_lora(model, cfg)` swaps every targeted `layers.Dense` of the stacked decoder layers
+`add_lora(model, cfg)` swaps every targeted `layers.Dense` of the stacked decoder layers
 (`llm.layers.layers.{attn.q,k,v,o, mlp.gate,up,down}`, every linear of the LLM but `lm_head`, as
-LiFT's `find_all_linear_names`) for a `LoraDense` that keeps the frozen Dense and adds stacked
-factors A `[L, in..., r]` and B `[L, r, out...]` (`LoraParam`, the only trainable variables). The
-update runs on activations, not on W: x·A is r columns wide, so no full-size weight or weight
-gradient is ever formed, and the stacked factors ride the existing `lax.scan` over layers. A and B
-carry the base kernel's logical axis names (in-axes on A, out-axes on B, rank unsharded), so
-they shard with the same mesh rules as the weights they adapt.
-
-Init as PEFT: A ~ U(-1/√fan_in, 1/√fan_in) (kaiming_uniform with a=√5), B = 0, so training starts
-from the base model. Dropout (p = `cfg.dropout`, on the LoRA input only, per target and layer) is
-on inside `dropout_key(key)` and off otherwise (evaluation, export).
+LiFT's `find_all_linear_names`) for the shared `layers.LoraDense` (stacked factors that ride the
+existing `lax.scan` over layers; PEFT's init; dropout p = `cfg.dropout` inside `dropout_key(key)`).
 
 Out: `peft_state_dict` / `export_peft` write PEFT's layout (`adapter_config.json` +
 `adapter_model.safetensors`, A `[r, in]`, B `[out, r]`), keys under `base_model.model.llm.` (VILA,
@@ -22,23 +14,19 @@ what LiFT ships and `models.critic.load_critic(..., lora=)` reads) or `base_mode
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-import json
-import math
 import os
-import shutil
-import tempfile
 import zlib
-from typing import Any, Iterator
+from typing import Any
 
 import jax
-import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from lift_jax import layers
+from lift_jax import files, layers
+from lift_jax.checkpoint.safetensors import write_safetensors
+from lift_jax.layers.lora import LoraDense, LoraParam, dropout_key, merge  # noqa: F401
 
 # PEFT module name -> (parent in our DecoderLayer, attribute) and its torch parent module.
 TARGETS: dict[str, tuple[str, str, str]] = {
@@ -48,9 +36,6 @@ TARGETS: dict[str, tuple[str, str, str]] = {
     "down_proj": ("mlp", "down", "mlp"),
 }
 LAYOUTS = {"vila": "base_model.model.llm.", "llm": "base_model.model."}
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
-_DROPOUT_KEY: contextvars.ContextVar[jax.Array | None] = contextvars.ContextVar(
-    "lift_jax_lora_dropout_key", default=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,65 +73,6 @@ class LoraConfig:
     if "targets" in d:
       d["targets"] = tuple(d["targets"])
     return cls(**d)
-
-
-class LoraParam(nnx.Param):
-  """A LoRA factor: the trainable variables (the filter `nnx.split(model, LoraParam, ...)`)."""
-
-
-class LoraIndex(nnx.Variable):
-  """Each stacked layer's index (fixed), so dropout masks differ from layer to layer."""
-
-
-@contextlib.contextmanager
-def dropout_key(key: jax.Array | None) -> Iterator[None]:
-  """Turns LoRA dropout on for the calls traced inside (None: off)."""
-  token = _DROPOUT_KEY.set(key)
-  try:
-    yield
-  finally:
-    _DROPOUT_KEY.reset(token)
-
-
-class LoraDense(nnx.Module):
-  """A frozen `layers.Dense` plus (α/r)·dropout(x)·A·B (around a stacked or a single Dense)."""
-
-  def __init__(self, base: layers.Dense, *, r: int, scale: float, dropout: float, salt: int,
-               key: jax.Array, num_layers: int | None = None):
-    self.base = base
-    self.r, self.scale, self.dropout, self.salt = r, float(scale), float(dropout), int(salt)
-    axes = tuple(base.kernel.get_metadata().get("out_sharding")
-                 or (None,) * base.kernel[...].ndim)
-    lead = () if num_layers is None else (num_layers,)
-    n_in, n_out = len(base.in_shape), len(base.out_shape)
-    if len(axes) != len(lead) + n_in + n_out:
-      raise ValueError(f"kernel axes {axes} do not match in {base.in_shape} / out {base.out_shape}")
-    lead_axes, in_axes, out_axes = axes[:len(lead)], axes[len(lead):len(lead) + n_in], axes[-n_out:]
-    fan_in = math.prod(base.in_shape)
-    bound = 1.0 / math.sqrt(fan_in)
-    a = jax.random.uniform(key, lead + base.in_shape + (r,), jnp.float32, -bound, bound)
-    self.lora_a = LoraParam(a, out_sharding=lead_axes + in_axes + (None,), eager_sharding=False)
-    self.lora_b = LoraParam(jnp.zeros(lead + (r,) + base.out_shape, jnp.float32),
-                            out_sharding=lead_axes + (None,) + out_axes, eager_sharding=False)
-    self.layer_index = LoraIndex(jnp.arange(num_layers, dtype=jnp.int32) if num_layers else
-                                 jnp.zeros((), jnp.int32))
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = self.base(x)
-    dtype = self.base.dtype
-    h = x.astype(dtype)
-    key = _DROPOUT_KEY.get()
-    if key is not None and self.dropout > 0:
-      k = jax.random.fold_in(jax.random.fold_in(key, self.layer_index[...]), self.salt)
-      keep = jax.random.bernoulli(k, 1.0 - self.dropout, h.shape)
-      h = jnp.where(keep, h / (1.0 - self.dropout), 0).astype(dtype)
-    n_in, n_out = len(self.base.in_shape), len(self.base.out_shape)
-    contract = _LETTERS[h.ndim - n_in:h.ndim]
-    out = _LETTERS[h.ndim:h.ndim + n_out]
-    with jax.named_scope("lora"):
-      hr = jnp.einsum(f"...{contract},{contract}z->...z", h, self.lora_a[...].astype(dtype))
-      d = jnp.einsum(f"...z,z{out}->...{out}", hr, self.lora_b[...].astype(dtype))
-    return y + (self.scale * d).astype(y.dtype)
 
 
 def _decoder(model) -> nnx.Module:
@@ -246,29 +172,15 @@ def peft_config(model, *, layout: str = "vila", base_model: str | None = None,
 def export_peft(model, out_dir: str, *, layout: str = "vila", base_model: str | None = None,
                 dtype: str = "float32", overwrite: bool = False) -> str:
   """Writes the adapter in PEFT's file layout, atomically (temporary folder, then rename)."""
-  from lift_jax.checkpoint.safetensors import write_safetensors
-
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-  try:
-    tensors = peft_state_dict(model, layout=layout)
-    if dtype != "float32":
-      import ml_dtypes
-      np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
-      tensors = {k: v.astype(np_dtype) for k, v in tensors.items()}
+  tensors = peft_state_dict(model, layout=layout)
+  if dtype != "float32":
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    tensors = {k: v.astype(np_dtype) for k, v in tensors.items()}
+  with files.atomic_directory(out_dir, overwrite=overwrite) as tmp:
     write_safetensors(os.path.join(tmp, "adapter_model.safetensors"), tensors)
-    with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
-      json.dump(peft_config(model, layout=layout, base_model=base_model), f, indent=2)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return out_dir
+    files.write_json(os.path.join(tmp, "adapter_config.json"),
+                     peft_config(model, layout=layout, base_model=base_model))
+  return os.path.abspath(out_dir)
 
 
 def merge_lora(model):
@@ -276,16 +188,7 @@ def merge_lora(model):
   dec = _decoder(model)
   for name, mod in lora_modules(model).items():
     parent_name, attr, _ = TARGETS[name]
-    base = mod.base
-    n_in = len(base.in_shape)
-    a, b = mod.lora_a[...], mod.lora_b[...]
-    lead = a.shape[:a.ndim - n_in - 1]
-    a2 = a.reshape(lead + (-1, mod.r)).astype(jnp.float32)
-    b2 = b.reshape(lead + (mod.r, -1)).astype(jnp.float32)
-    delta = jnp.einsum("...ir,...ro->...io", a2, b2) * mod.scale
-    w = base.kernel[...]
-    base.kernel[...] = (w.astype(jnp.float32) + delta.reshape(w.shape)).astype(w.dtype)
-    setattr(getattr(dec, parent_name), attr, base)
+    setattr(getattr(dec, parent_name), attr, merge(mod))
   return model
 
 

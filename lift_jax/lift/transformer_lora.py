@@ -1,8 +1,8 @@
 """LoRA fine-tuning of the CogVideoX transformer (the `trainable="lora"` option of the trainer).
 
 The attention projections of every block (to_q, to_k, to_v, to_out: the targets of diffusers'
-CogVideoX LoRA trainer) get stacked factors through the shared `LoraDense` of the critic's SFT
-(`lift/lora_adapters.py`): y = x·W + (α/r)·x·A·B with W frozen, A `[L, in..., r]`, B `[L, r, out...]`,
+CogVideoX LoRA trainer) get stacked factors through the shared `layers.LoraDense` (also the
+critic's SFT LoRA): y = x·W + (α/r)·x·A·B with W frozen, A `[L, in..., r]`, B `[L, r, out...]`,
 B = 0 at the start. `merge_lora` folds W + (α/r)·A·B back into plain Dense layers, so the
 fine-tuned model saves, exports and samples like any other.
 """
@@ -10,14 +10,12 @@ fine-tuned model saves, exports and samples like any other.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from lift_jax import layers
-from lift_jax.lift.lora_adapters import LoraDense, LoraParam
+from lift_jax.layers.lora import LoraDense, LoraParam, merge
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out")
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def add_lora(model: nnx.Module, *, rank: int = 64, alpha: float = 64.0, seed: int = 0,
@@ -40,15 +38,8 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
   attn = model.blocks.layers.attn1
   for name in TARGETS:
     mod = getattr(attn, name)
-    if not isinstance(mod, LoraDense):
-      continue
-    base = mod.base
-    n_in, n_out = len(base.in_shape), len(base.out_shape)
-    ins, outs = _LETTERS[1:1 + n_in], _LETTERS[1 + n_in:1 + n_in + n_out]
-    delta = jnp.einsum(f"a{ins}z,az{outs}->a{ins}{outs}", mod.lora_a[...], mod.lora_b[...])
-    kernel = base.kernel[...]
-    base.kernel[...] = (kernel.astype(jnp.float32) + mod.scale * delta).astype(kernel.dtype)
-    setattr(attn, name, base)
+    if isinstance(mod, LoraDense):
+      setattr(attn, name, merge(mod))
   return model
 
 

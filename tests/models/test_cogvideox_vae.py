@@ -114,7 +114,7 @@ def test_traced_path_matches_eager(models):
   np.testing.assert_allclose(np.asarray(traced), np.asarray(eager), rtol=0, atol=1e-5)
   # The model picks the traced form under a trace (here: 5 latents = chunks 3 + 2).
   jaxpr = str(jax.make_jaxpr(lambda z: vae.decode(z))(jnp.zeros((1, 16, 5, 2, 3))))
-  assert "scan" in jaxpr and "_run_chunk" not in jaxpr
+  assert "scan" in jaxpr and "run_chunk" not in jaxpr
 
 
 def test_tiling_defaults_match_diffusers(models):

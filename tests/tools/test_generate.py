@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from lift_jax.checkpoint import convert
+from lift_jax.models import convert
 from lift_jax.checkpoint.safetensors import CheckpointError
 from lift_jax.data import records
 from tests.tools import tool_module

@@ -10,7 +10,6 @@ Numerics follow diffusers' `CogVideoXTransformer3DModel`.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 import jax
@@ -21,7 +20,6 @@ from flax import nnx
 from lift_jax import layers
 from lift_jax.parallel.mesh import constrain
 
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
 # diffusers config keys that carry no information for us (or must hold the one value we support).
 _FIXED_DIFFUSERS_KEYS = {
     "activation_fn": "gelu-approximate",
@@ -32,7 +30,7 @@ _IGNORED_DIFFUSERS_KEYS = {"_class_name", "_diffusers_version", "_name_or_path",
 
 
 @dataclasses.dataclass(frozen=True)
-class CogVideoXConfig:
+class CogVideoXConfig(layers.RuntimeSettings):
   """Architecture (diffusers `config.json` field names) plus runtime settings."""
 
   num_attention_heads: int = 30
@@ -60,11 +58,6 @@ class CogVideoXConfig:
   norm_eps: float = 1e-5
   norm_elementwise_affine: bool = True
   attention_bias: bool = True
-  # Runtime settings (not part of the checkpoint).
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: str = "none"
-  attention_impl: str = "auto"
 
   @property
   def inner_dim(self) -> int:
@@ -95,26 +88,14 @@ class CogVideoXConfig:
   @classmethod
   def from_diffusers_config(cls, config: dict[str, Any], **runtime) -> "CogVideoXConfig":
     """From a diffusers `transformer/config.json` dict; unsupported values raise, naming the field."""
-    fields = {f.name for f in dataclasses.fields(cls)} - set(_RUNTIME_FIELDS)
-    kwargs, unknown = {}, []
-    for key, value in config.items():
-      if key in fields:
-        kwargs[key] = value
-      elif key in _FIXED_DIFFUSERS_KEYS:
-        if value != _FIXED_DIFFUSERS_KEYS[key]:
-          raise ValueError(f"config field {key}={value!r} is not supported "
-                           f"(CogVideoX uses {_FIXED_DIFFUSERS_KEYS[key]!r})")
-      elif key not in _IGNORED_DIFFUSERS_KEYS:
-        unknown.append(key)
-    if unknown:
-      warnings.warn(f"ignoring unknown CogVideoX config fields: {sorted(unknown)}")
-    if "num_attention_heads" not in kwargs or "num_layers" not in kwargs:
-      raise ValueError("not a CogVideoX transformer config: needs num_attention_heads and num_layers")
+    kwargs = layers.config_fields(config, what="CogVideoX transformer", config_class=cls,
+                                  required=("num_attention_heads", "num_layers"),
+                                  fixed=_FIXED_DIFFUSERS_KEYS, ignored=_IGNORED_DIFFUSERS_KEYS)
     return cls(**kwargs, **runtime)
 
   def to_diffusers_config(self) -> dict[str, Any]:
     out = {"_class_name": "CogVideoXTransformer3DModel"}
-    out.update({k: v for k, v in dataclasses.asdict(self).items() if k not in _RUNTIME_FIELDS})
+    out.update(self.architecture())
     out.update(_FIXED_DIFFUSERS_KEYS)
     out["dropout"] = 0.0
     return out
@@ -124,10 +105,7 @@ class CogVideoXConfig:
       raise ValueError(f"attention_head_dim={self.attention_head_dim}: 3D RoPE needs a multiple of 16")
     if not self.use_rotary_positional_embeddings and self.inner_dim % 16:
       raise ValueError(f"inner_dim={self.inner_dim}: the 3D sin-cos table needs a multiple of 16")
-    if self.remat not in layers.stack.REMAT_POLICIES:
-      raise ValueError(f"remat={self.remat!r}; expected one of {sorted(layers.stack.REMAT_POLICIES)}")
-    if self.attention_impl not in layers.IMPLEMENTATIONS:
-      raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of {layers.IMPLEMENTATIONS}")
+    self.validate_runtime()
 
 
 # ----------------------------------------------------------------------------- positions
@@ -182,14 +160,11 @@ def sincos_table(cfg: CogVideoXConfig, frames: int, grid_h: int, grid_w: int) ->
 # ----------------------------------------------------------------------------- modules
 
 
-def _dtypes(cfg: CogVideoXConfig) -> dict[str, Any]:
-  return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-
 
 def _layer_norm(cfg: CogVideoXConfig) -> layers.LayerNorm:
   affine = cfg.norm_elementwise_affine
   return layers.LayerNorm(cfg.inner_dim, eps=cfg.norm_eps, use_scale=affine, use_bias=affine,
-                          **_dtypes(cfg))
+                          **cfg.dtypes)
 
 
 class AdaNormZero(nnx.Module):
@@ -198,7 +173,7 @@ class AdaNormZero(nnx.Module):
   def __init__(self, cfg: CogVideoXConfig, *, rngs: nnx.Rngs):
     d = cfg.inner_dim
     self.linear = layers.Dense(cfg.time_embed_dim, 6 * d, axes=("time_embed", "embed"), rngs=rngs,
-                               **_dtypes(cfg))
+                               **cfg.dtypes)
     self.norm = _layer_norm(cfg)
 
   def __call__(self, x, enc, emb):
@@ -213,14 +188,14 @@ class Attention(nnx.Module):
 
   def __init__(self, cfg: CogVideoXConfig, *, rngs: nnx.Rngs):
     d, n, h = cfg.inner_dim, cfg.num_attention_heads, cfg.attention_head_dim
-    kw = dict(use_bias=cfg.attention_bias, rngs=rngs, **_dtypes(cfg))
+    kw = dict(use_bias=cfg.attention_bias, rngs=rngs, **cfg.dtypes)
     self.to_q = layers.Dense(d, (n, h), axes=("embed", "heads", "kv"), **kw)
     self.to_k = layers.Dense(d, (n, h), axes=("embed", "heads", "kv"), **kw)
     self.to_v = layers.Dense(d, (n, h), axes=("embed", "heads", "kv"), **kw)
-    self.norm_q = layers.LayerNorm(h, eps=1e-6, **_dtypes(cfg))
-    self.norm_k = layers.LayerNorm(h, eps=1e-6, **_dtypes(cfg))
+    self.norm_q = layers.LayerNorm(h, eps=1e-6, **cfg.dtypes)
+    self.norm_k = layers.LayerNorm(h, eps=1e-6, **cfg.dtypes)
     self.to_out = layers.Dense((n, h), d, axes=("heads", "kv", "embed"), rngs=rngs,
-                               **_dtypes(cfg))
+                               **cfg.dtypes)
     self.impl = cfg.attention_impl
 
   def __call__(self, h_BTD, text_len: int, rope):
@@ -245,7 +220,7 @@ class CogVideoXBlock(nnx.Module):
     self.attn1 = Attention(cfg, rngs=rngs)
     self.norm2 = AdaNormZero(cfg, rngs=rngs)
     self.ff = layers.Mlp(cfg.inner_dim, 4 * cfg.inner_dim, act="gelu_tanh", rngs=rngs,
-                         **_dtypes(cfg))
+                         **cfg.dtypes)
 
   def __call__(self, carry, emb, rope):
     x, enc = carry
@@ -270,9 +245,9 @@ class TimestepEmbedding(nnx.Module):
 
   def __init__(self, in_dim: int, out_dim: int, cfg: CogVideoXConfig, *, rngs: nnx.Rngs):
     self.linear_1 = layers.Dense(in_dim, out_dim, axes=("embed", "time_embed"), rngs=rngs,
-                                 **_dtypes(cfg))
+                                 **cfg.dtypes)
     self.linear_2 = layers.Dense(out_dim, out_dim, axes=("time_embed", None), rngs=rngs,
-                                 **_dtypes(cfg))
+                                 **cfg.dtypes)
     self.in_dim = in_dim
     self.flip, self.shift = cfg.flip_sin_to_cos, cfg.freq_shift
     self.dtype = jnp.dtype(cfg.dtype)
@@ -290,7 +265,7 @@ class CogVideoXTransformer3D(nnx.Module):
     cfg.validate()
     self.config = cfg
     d, p, pt = cfg.inner_dim, cfg.patch_size, cfg.temporal_patch
-    dt = _dtypes(cfg)
+    dt = cfg.dtypes
     self.patch_proj = layers.Dense((cfg.in_channels, pt, p, p), d,
                                    axes=(None, None, None, None, "embed"),
                                    use_bias=cfg.patch_bias or cfg.patch_size_t is not None,

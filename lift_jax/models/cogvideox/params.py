@@ -1,9 +1,11 @@
-"""diffusers `CogVideoXTransformer3DModel` state-dict keys -> NNX paths of `CogVideoXTransformer3D`."""
+"""diffusers `CogVideoXTransformer3DModel` state-dict keys -> NNX paths of `CogVideoXTransformer3D`,
+and its checkpoint spec `SPEC` (what `load_transformer` / `convert_checkpoint` use)."""
 
 from __future__ import annotations
 
-from lift_jax.checkpoint.tables import Rule, identity, linear
-from lift_jax.models.cogvideox.modeling import CogVideoXConfig
+from lift_jax.checkpoint.spec import ModelSpec
+from lift_jax.checkpoint.tables import Rule, head_bias, heads_in, heads_out, identity, linear
+from lift_jax.models.cogvideox.modeling import CogVideoXConfig, CogVideoXTransformer3D
 
 
 def transformer_rules(cfg: CogVideoXConfig) -> list[Rule]:
@@ -17,12 +19,9 @@ def transformer_rules(cfg: CogVideoXConfig) -> list[Rule]:
   else:  # Linear [D, C·pt·p·p], features (c, pt, ph, pw)
     patch = lambda w: w.T.reshape(c, pt, p, p, d)
     patch_inv = lambda k: k.reshape(c * pt * p * p, d).T
-  to_heads = lambda w: w.T.reshape(d, n, h)
-  to_heads_inv = lambda k: k.reshape(d, n * h).T
-  from_heads = lambda w: w.T.reshape(n, h, d)
-  from_heads_inv = lambda k: k.reshape(n * h, d).T
-  head_bias = lambda b: b.reshape(n, h)
-  flat = lambda v: v.reshape(-1)
+  to_heads, to_heads_inv = heads_in(d, n, h)
+  from_heads, from_heads_inv = heads_out(n, h, d)
+  bias, flat = head_bias(n, h)
   proj_out = lambda w: w.T.reshape(d, cfg.out_channels, pt, p, p)
   proj_out_inv = lambda k: k.reshape(d, -1).T
 
@@ -54,7 +53,7 @@ def transformer_rules(cfg: CogVideoXConfig) -> list[Rule]:
     rules += [Rule(f"{blk}.attn1.{proj}.weight", f"{dst}.attn1.{proj}.kernel", to_heads,
                    to_heads_inv)]
     if cfg.attention_bias:
-      rules += [Rule(f"{blk}.attn1.{proj}.bias", f"{dst}.attn1.{proj}.bias", head_bias, flat)]
+      rules += [Rule(f"{blk}.attn1.{proj}.bias", f"{dst}.attn1.{proj}.bias", bias, flat)]
   rules += [Rule(f"{blk}.attn1.to_out.0.weight", f"{dst}.attn1.to_out.kernel", from_heads,
                  from_heads_inv),
             Rule(f"{blk}.attn1.to_out.0.bias", f"{dst}.attn1.to_out.bias"),
@@ -119,3 +118,10 @@ def diffusers_shapes(cfg: CogVideoXConfig) -> dict[str, tuple[int, ...]]:
     shapes[f"{b}.ff.net.0.proj.weight"], shapes[f"{b}.ff.net.0.proj.bias"] = (4 * d, d), (4 * d,)
     shapes[f"{b}.ff.net.2.weight"], shapes[f"{b}.ff.net.2.bias"] = (d, 4 * d), (d,)
   return shapes
+
+
+SPEC = ModelSpec(
+    kind="cogvideox-transformer", config_class=CogVideoXConfig, model_class=CogVideoXTransformer3D,
+    rules=transformer_rules, subfolder="transformer", name="the transformer",
+    parse=CogVideoXConfig.from_diffusers_config, dump=CogVideoXConfig.to_diffusers_config,
+    weights_name="diffusion_pytorch_model")

@@ -5,29 +5,15 @@ Public layout as in PyTorch: `mean, logvar = vae.encode(video [B,3,F,H,W] in [-1
 by `config.scaling_factor`, as diffusers' `vae.decode(z)` expects). Inside everything is channels-last
 `[B, T, H, W, C]`, the layout XLA's convolutions want on GPU and TPU.
 
-Numerics follow diffusers exactly, including what makes the output depend on how it is computed:
-videos are encoded in frame chunks of 9, 8, 8, ... (latents decoded in chunks of 3, 2, 2, ...), each
-chunk normalized with its own GroupNorm statistics, and the causal convolutions carry the last two
-frames of every layer's input from one chunk to the next (the conv cache). Spatial tiling
-(`enable_tiling`) reproduces diffusers' tiles, overlaps and linear blending.
-
-Two ways to run, one chunk function:
-- Called eagerly, `encode`/`decode` loop over the chunks in Python and run each through one jitted
-  chunk program (the weights are its arguments, never baked-in constants). Programs depend only on
-  the chunk shape, so every 8k+1-frame video shares the same two encoder programs (9 and 8 frames),
-  every tile of one shape shares its programs, and only one chunk's activations are alive at a time.
-- Called under `jax.jit`/`nnx.jit` (inputs or weights are tracers), they build one program: the first
-  chunk (longer) runs alone and supplies the conv cache that `lax.scan` carries through the remaining
-  equal-size chunks, so the program holds two chunk bodies whatever the length; tiles of one shape
-  run under `lax.map`. This is the form to AOT-compile (see bench/bench_vae_memory.py).
+Numerics follow diffusers exactly: frame chunks of 9, 8, 8, ... (latents 3, 2, 2, ...), each with
+its own GroupNorm statistics and a conv cache carried between chunks, and diffusers' spatial tiles
+(`enable_tiling`); `vae_runtime.py` runs the chunks and tiles, eagerly or as one traced program.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import warnings
 from typing import Any, Callable
 
 import jax
@@ -36,8 +22,9 @@ import numpy as np
 from flax import nnx
 
 from lift_jax import layers
+from lift_jax.models.cogvideox.vae_runtime import (is_traced, run_chunk, run_in_chunks,
+                                                   run_in_tiles)
 
-_RUNTIME_FIELDS = ("dtype", "param_dtype")
 # diffusers config keys that must hold the one value CogVideoX uses (the block types are checked
 # separately: one entry per block).
 _FIXED_DIFFUSERS_KEYS = {"act_fn": "silu", "use_quant_conv": False, "use_post_quant_conv": False}
@@ -48,7 +35,7 @@ _CONV_DIMS = ("NDHWC", "DHWIO", "NDHWC")
 
 
 @dataclasses.dataclass(frozen=True)
-class CogVideoXVAEConfig:
+class CogVideoXVAEConfig(layers.DtypeSettings):
   """Architecture (diffusers `vae/config.json` field names) plus runtime dtypes."""
 
   in_channels: int = 3
@@ -67,9 +54,6 @@ class CogVideoXVAEConfig:
   latents_std: tuple[float, ...] | None = None
   force_upcast: bool = True
   invert_scale_latents: bool = False
-  # Runtime settings (not part of the checkpoint).
-  dtype: str = "float32"
-  param_dtype: str = "float32"
 
   @property
   def spatial_compression_ratio(self) -> int:
@@ -91,21 +75,9 @@ class CogVideoXVAEConfig:
   @classmethod
   def from_diffusers_config(cls, config: dict[str, Any], **runtime) -> "CogVideoXVAEConfig":
     """From a diffusers `vae/config.json` dict; unsupported values raise, naming the field."""
-    fields = {f.name for f in dataclasses.fields(cls)} - set(_RUNTIME_FIELDS)
-    kwargs, unknown = {}, []
-    for key, value in config.items():
-      if key in fields:
-        kwargs[key] = tuple(value) if isinstance(value, list) else value
-      elif key in _FIXED_DIFFUSERS_KEYS:
-        if value != _FIXED_DIFFUSERS_KEYS[key]:
-          raise ValueError(f"config field {key}={value!r} is not supported "
-                           f"(CogVideoX uses {_FIXED_DIFFUSERS_KEYS[key]!r})")
-      elif key not in _IGNORED_DIFFUSERS_KEYS:
-        unknown.append(key)
-    if unknown:
-      warnings.warn(f"ignoring unknown CogVideoX VAE config fields: {sorted(unknown)}")
-    if "block_out_channels" not in kwargs or "latent_channels" not in kwargs:
-      raise ValueError("not a CogVideoX VAE config: needs block_out_channels and latent_channels")
+    kwargs = layers.config_fields(config, what="CogVideoX VAE", config_class=cls,
+                                  required=("block_out_channels", "latent_channels"),
+                                  fixed=_FIXED_DIFFUSERS_KEYS, ignored=_IGNORED_DIFFUSERS_KEYS)
     n = len(kwargs["block_out_channels"])
     for key, kind in (("down_block_types", _DOWN_BLOCK), ("up_block_types", _UP_BLOCK)):
       types = list(config.get(key, [kind] * n))
@@ -121,9 +93,8 @@ class CogVideoXVAEConfig:
   def to_diffusers_config(self) -> dict[str, Any]:
     n = len(self.block_out_channels)
     out: dict[str, Any] = {"_class_name": "AutoencoderKLCogVideoX"}
-    for key, value in dataclasses.asdict(self).items():
-      if key not in _RUNTIME_FIELDS:
-        out[key] = list(value) if isinstance(value, tuple) else value
+    for key, value in self.architecture().items():
+      out[key] = list(value) if isinstance(value, tuple) else value
     out.update(_FIXED_DIFFUSERS_KEYS)
     out["down_block_types"] = [_DOWN_BLOCK] * n
     out["up_block_types"] = [_UP_BLOCK] * n
@@ -142,10 +113,6 @@ class CogVideoXVAEConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _dtypes(cfg: CogVideoXVAEConfig) -> dict[str, Any]:
-  return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
 
 def _conv_params(rngs: nnx.Rngs, shape: tuple[int, ...], out_axis: str | None, param_dtype):
@@ -298,7 +265,7 @@ class ResnetBlock3D(nnx.Module):
 
   def __init__(self, cin: int, cout: int, cfg: CogVideoXVAEConfig, *, spatial_norm: bool,
                rngs: nnx.Rngs):
-    dt = _dtypes(cfg)
+    dt = cfg.dtypes
     g = cfg.norm_num_groups
     if spatial_norm:
       self.norm1 = SpatialNorm3D(cin, cfg.latent_channels, g, rngs=rngs, **dt)
@@ -377,7 +344,7 @@ class Block3D(nnx.Module):
     self.resnets = nnx.List([
         ResnetBlock3D(cin if i == 0 else cout, cout, cfg, spatial_norm=spatial_norm, rngs=rngs)
         for i in range(num_layers)])
-    dt = _dtypes(cfg)
+    dt = cfg.dtypes
     self.downsampler = Downsample3D(cout, compress_time, rngs=rngs, **dt) if downsample else None
     self.upsampler = Upsample3D(cout, compress_time, rngs=rngs, **dt) if upsample else None
 
@@ -397,7 +364,7 @@ class Encoder3D(nnx.Module):
   """video chunk [B,T,H,W,3] -> moments [B,t,h,w,2·latent] (mean ‖ logvar), and the conv cache."""
 
   def __init__(self, cfg: CogVideoXVAEConfig, *, rngs: nnx.Rngs):
-    dt = _dtypes(cfg)
+    dt = cfg.dtypes
     ch = cfg.block_out_channels
     self.conv_in = CausalConv3d(cfg.in_channels, ch[0], rngs=rngs, **dt)
     self.down_blocks = nnx.List([
@@ -431,7 +398,7 @@ class Decoder3D(nnx.Module):
   """latent chunk [B,t,h,w,C] -> video [B,T,H,W,3], every norm conditioned on that chunk."""
 
   def __init__(self, cfg: CogVideoXVAEConfig, *, rngs: nnx.Rngs):
-    dt = _dtypes(cfg)
+    dt = cfg.dtypes
     ch = tuple(reversed(cfg.block_out_channels))
     self.conv_in = CausalConv3d(cfg.latent_channels, ch[0], rngs=rngs, **dt)
     self.mid_block = Block3D(ch[0], ch[0], 2, cfg, spatial_norm=True, rngs=rngs)
@@ -460,111 +427,6 @@ class Decoder3D(nnx.Module):
       h = jax.nn.silu(self.norm_out(h, z))
       h, new["conv_out"] = self.conv_out(h, cache.get("conv_out"))
     return h, new
-
-
-# ----------------------------------------------------------------------------- chunking, tiling
-
-
-def chunk_bounds(num_frames: int, frames_per_chunk: int) -> list[tuple[int, int]]:
-  """diffusers' frame batching: chunk 0 holds `n + F % n` frames (all F when F < 2n), then n each."""
-  n = frames_per_chunk
-  num_chunks = max(num_frames // n, 1)
-  first = min(n + num_frames % n, num_frames)
-  return [(0, first)] + [(first + k * n, first + (k + 1) * n) for k in range(num_chunks - 1)]
-
-
-def run_in_chunks(fn: Callable, x_BTHWC: jax.Array, frames_per_chunk: int, *,
-                  scan: bool = True) -> jax.Array:
-  """Runs `fn(chunk, cache) -> (out, cache)` over diffusers' frame chunks, carrying the conv cache.
-
-  `scan=True` (traced use): chunk 0 differs in length, so it runs alone and supplies the cache that
-  `lax.scan` carries through the equal-size rest. `scan=False` (eager use): a Python loop, so that a
-  jitted `fn` is compiled once per chunk shape and reused across videos.
-  """
-  bounds = chunk_bounds(x_BTHWC.shape[1], frames_per_chunk)
-  if not scan:
-    ys, cache = [], None
-    for start, end in bounds:
-      y, cache = fn(x_BTHWC[:, start:end], cache)
-      ys.append(y)
-    return jnp.concatenate(ys, axis=1) if len(ys) > 1 else ys[0]
-  b, first = x_BTHWC.shape[0], bounds[0][1]
-  y0, cache = fn(x_BTHWC[:, :first], None)
-  if len(bounds) == 1:
-    return y0
-  rest = x_BTHWC[:, first:].reshape(b, len(bounds) - 1, frames_per_chunk, *x_BTHWC.shape[2:])
-
-  def body(carry, chunk):
-    y, carry = fn(chunk, carry)
-    return carry, y
-
-  _, ys = jax.lax.scan(body, cache, rest.swapaxes(0, 1))
-  ys = ys.swapaxes(0, 1).reshape(b, -1, *ys.shape[3:])
-  return jnp.concatenate([y0, ys.astype(y0.dtype)], axis=1)
-
-
-def _blend(a: jax.Array, b: jax.Array, extent: int, axis: int) -> jax.Array:
-  """diffusers' blend_v / blend_h: b's first rows fade in from a's last rows (linear weights)."""
-  e = min(a.shape[axis], b.shape[axis], extent)
-  if e <= 0:
-    return b
-  shape = [1] * b.ndim
-  shape[axis] = e
-  y = np.arange(e) / e  # float64 weights rounded once, as torch scales by Python floats
-  w_a, w_b = ((1 - y).astype(np.float32).reshape(shape), y.astype(np.float32).reshape(shape))
-  a_tail = jax.lax.slice_in_dim(a, a.shape[axis] - e, a.shape[axis], axis=axis)
-  b_head = jax.lax.slice_in_dim(b, 0, e, axis=axis)
-  mixed = a_tail * w_a + b_head * w_b
-  return jnp.concatenate([mixed, jax.lax.slice_in_dim(b, e, b.shape[axis], axis=axis)], axis=axis)
-
-
-def run_in_tiles(fn: Callable, x_BTHWC: jax.Array, tile: tuple[int, int], step: tuple[int, int],
-                 blend: tuple[int, int], keep: tuple[int, int], *, stack: bool = True) -> jax.Array:
-  """diffusers' tiled_encode / tiled_decode: overlapping (H, W) tiles, each run through `fn`
-  (all frames, chunked), blended with the tile above and to the left, cropped to `keep`, stitched.
-
-  Blending follows diffusers' in-place updates: a tile blends with its neighbours *after* they were
-  blended themselves. With `stack` (traced use) tiles of one shape are stacked and run by `lax.map`
-  (one compiled body, one tile's activations at a time); otherwise one call per tile.
-  """
-  h, w = x_BTHWC.shape[2:4]
-  rows, cols = range(0, h, step[0]), range(0, w, step[1])
-  tiles = {(r, c): x_BTHWC[:, :, i:i + tile[0], j:j + tile[1]]
-           for r, i in enumerate(rows) for c, j in enumerate(cols)}
-  groups: dict[tuple[int, ...], list] = {}
-  for key, t in tiles.items():
-    groups.setdefault(t.shape, []).append(key)
-  out = {}
-  for keys in groups.values():
-    if len(keys) == 1 or not stack:
-      out.update({k: fn(tiles[k]) for k in keys})
-      continue
-    ys = jax.lax.map(fn, jnp.stack([tiles[k] for k in keys]))
-    out.update({k: ys[n] for n, k in enumerate(keys)})
-  grid = [[out[(r, c)] for c in range(len(cols))] for r in range(len(rows))]
-  # Eagerly, one compiled stitch instead of dozens of small per-op programs.
-  return (_stitch if stack else _stitch_jit)(grid, blend, keep)
-
-
-def _stitch(grid: list[list[jax.Array]], blend: tuple[int, int], keep: tuple[int, int]):
-  """Blends each tile with its (already blended) upper and left neighbours, crops, concatenates."""
-  grid = [[t.astype(jnp.float32) for t in row] for row in grid]
-  result_rows = []
-  for r, row in enumerate(grid):
-    kept = []
-    for c in range(len(row)):
-      t = grid[r][c]
-      if r > 0:
-        t = _blend(grid[r - 1][c], t, blend[0], axis=2)
-      if c > 0:
-        t = _blend(grid[r][c - 1], t, blend[1], axis=3)
-      grid[r][c] = t
-      kept.append(t[:, :, :keep[0], :keep[1]])
-    result_rows.append(jnp.concatenate(kept, axis=3))
-  return jnp.concatenate(result_rows, axis=2)
-
-
-_stitch_jit = jax.jit(_stitch, static_argnums=(1, 2))
 
 
 # ----------------------------------------------------------------------------- the model
@@ -619,13 +481,13 @@ class AutoencoderKLCogVideoX(nnx.Module):
     """video [B, C_in, F, H, W] in [-1, 1] -> (mean, logvar), each [B, latent, f, h, w] float32."""
     _check_5d("video", "[B, C, F, H, W]", video.shape, self.config.in_channels,
               "in_channels of the VAE config")
-    return self._encode(video, traced=_is_traced(self, video))
+    return self._encode(video, traced=is_traced(self, video))
 
   def decode(self, z: jax.Array) -> jax.Array:
     """Unscaled latents z [B, latent, f, h, w] -> video [B, C_out, F, H, W] float32."""
     _check_5d("z", "[B, C, F, H, W]", z.shape, self.config.latent_channels,
               "latent_channels of the VAE config")
-    return self._decode(z, traced=_is_traced(self, z))
+    return self._decode(z, traced=is_traced(self, z))
 
   # ---- bodies
 
@@ -634,39 +496,36 @@ class AutoencoderKLCogVideoX(nnx.Module):
     if traced:
       return lambda v: run_in_chunks(part, v, frames_per_chunk, scan=True)
     graphdef, state = nnx.split(part)
-    step = lambda chunk, cache: _run_chunk(graphdef, state, chunk, cache)
+    step = lambda chunk, cache: run_chunk(graphdef, state, chunk, cache)
     return lambda v: run_in_chunks(step, v, frames_per_chunk, scan=False)
+
+  def _run(self, x: jax.Array, part: nnx.Module, frames_per_chunk: int, traced: bool,
+           tile_in: tuple[int, int], tile_out: tuple[int, int]) -> jax.Array:
+    """`part` over `x` [B,T,H,W,C] in frame chunks, and in diffusers' blended spatial tiles when
+    tiling is on and `x` is larger than `tile_in` (`tile_out`: the same tile on the output side)."""
+    run = self._runner(part, frames_per_chunk, traced)
+    h, w = x.shape[2:4]
+    if not self.use_tiling or (w <= tile_in[1] and h <= tile_in[0]):
+      return run(x)
+    fh, fw = self.tile_overlap_factor_height, self.tile_overlap_factor_width
+    bh, bw = int(tile_out[0] * fh), int(tile_out[1] * fw)
+    return run_in_tiles(run, x, tile_in, (int(tile_in[0] * (1 - fh)), int(tile_in[1] * (1 - fw))),
+                        (bh, bw), (tile_out[0] - bh, tile_out[1] - bw), stack=traced)
 
   def _encode(self, video: jax.Array, traced: bool) -> tuple[jax.Array, jax.Array]:
     x = jnp.asarray(video).astype(jnp.dtype(self.config.dtype)).transpose(0, 2, 3, 4, 1)
-    h, w = x.shape[2:4]
-    run = self._runner(self.encoder, self.num_sample_frames_batch_size, traced)
-    if self.use_tiling and (w > self.tile_sample_min_width or h > self.tile_sample_min_height):
-      th, tw = self.tile_sample_min_height, self.tile_sample_min_width
-      lh, lw = self.tile_latent_min_height, self.tile_latent_min_width
-      fh, fw = self.tile_overlap_factor_height, self.tile_overlap_factor_width
-      bh, bw = int(lh * fh), int(lw * fw)
-      moments = run_in_tiles(run, x, (th, tw), (int(th * (1 - fh)), int(tw * (1 - fw))),
-                             (bh, bw), (lh - bh, lw - bw), stack=traced)
-    else:
-      moments = run(x)
+    sample = (self.tile_sample_min_height, self.tile_sample_min_width)
+    latent = (self.tile_latent_min_height, self.tile_latent_min_width)
+    moments = self._run(x, self.encoder, self.num_sample_frames_batch_size, traced, sample, latent)
     mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
     logvar = jnp.clip(logvar, -30.0, 20.0)
     return mean.transpose(0, 4, 1, 2, 3), logvar.transpose(0, 4, 1, 2, 3)
 
   def _decode(self, z: jax.Array, traced: bool) -> jax.Array:
     x = jnp.asarray(z).astype(jnp.dtype(self.config.dtype)).transpose(0, 2, 3, 4, 1)
-    h, w = x.shape[2:4]
-    run = self._runner(self.decoder, self.num_latent_frames_batch_size, traced)
-    if self.use_tiling and (w > self.tile_latent_min_width or h > self.tile_latent_min_height):
-      th, tw = self.tile_sample_min_height, self.tile_sample_min_width
-      lh, lw = self.tile_latent_min_height, self.tile_latent_min_width
-      fh, fw = self.tile_overlap_factor_height, self.tile_overlap_factor_width
-      bh, bw = int(th * fh), int(tw * fw)
-      video = run_in_tiles(run, x, (lh, lw), (int(lh * (1 - fh)), int(lw * (1 - fw))),
-                           (bh, bw), (th - bh, tw - bw), stack=traced)
-    else:
-      video = run(x)
+    sample = (self.tile_sample_min_height, self.tile_sample_min_width)
+    latent = (self.tile_latent_min_height, self.tile_latent_min_width)
+    video = self._run(x, self.decoder, self.num_latent_frames_batch_size, traced, latent, sample)
     return video.astype(jnp.float32).transpose(0, 4, 1, 2, 3)
 
 
@@ -678,18 +537,6 @@ def _check_5d(name: str, layout: str, shape, channels: int, what: str) -> None:
                      f"expected {channels}, the {what}")
   if min(shape[2:]) < 1:
     raise ValueError(f"{name} has an empty frame/height/width axis: shape {tuple(shape)}")
-
-
-def _is_traced(module: nnx.Module, x) -> bool:
-  """True under jax.jit / nnx.jit (the input or the weights are tracers): build one program."""
-  leaves = jax.tree.leaves((nnx.state(module), x))
-  return any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _run_chunk(graphdef, state, chunk, cache):
-  """One chunk through the encoder or decoder (`graphdef` picks which): the eager path's program."""
-  return nnx.merge(graphdef, state)(chunk, cache)
 
 
 def sample_latents(mean: jax.Array, logvar: jax.Array, key: jax.Array) -> jax.Array:

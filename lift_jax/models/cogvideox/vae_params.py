@@ -9,17 +9,9 @@ without the `.conv` wrappers of causal convs and with `downsamplers.0` / `upsamp
 
 from __future__ import annotations
 
-
-from flax import nnx
-from jax.sharding import Mesh
-
-from lift_jax.checkpoint import folders, store
-from lift_jax.checkpoint.safetensors import WeightFolder
-from lift_jax.checkpoint.tables import Rule, export_tensors
-from lift_jax.models.cogvideox.loading import resolve_diffusers_folder
+from lift_jax.checkpoint.spec import ModelSpec
+from lift_jax.checkpoint.tables import Rule
 from lift_jax.models.cogvideox.vae import AutoencoderKLCogVideoX, CogVideoXVAEConfig
-
-KIND = "cogvideox-vae"
 
 
 def conv3d(w):
@@ -96,40 +88,15 @@ def vae_rules(cfg: CogVideoXVAEConfig) -> list[Rule]:
   return rules
 
 
-def vae_config(path: str, **runtime) -> CogVideoXVAEConfig:
-  """The VAE config of a diffusers folder (or pipeline root) or a converted checkpoint."""
-  return folders.model_config(
-      path, kind=KIND, folder=lambda p: resolve_diffusers_folder(p, "vae"),
-      parse=lambda c: CogVideoXVAEConfig.from_diffusers_config(c, **runtime),
-      what="the VAE's config.json")
+SPEC = ModelSpec(
+    kind="cogvideox-vae", config_class=CogVideoXVAEConfig, model_class=AutoencoderKLCogVideoX,
+    rules=vae_rules, subfolder="vae", name="the VAE",
+    parse=CogVideoXVAEConfig.from_diffusers_config, dump=CogVideoXVAEConfig.to_diffusers_config,
+    weights_name="diffusion_pytorch_model")
+KIND = SPEC.kind
 
-
-def load_vae(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
-             mesh: Mesh | None = None, progress: bool = False) -> AutoencoderKLCogVideoX:
-  """Loads the CogVideoX VAE from a diffusers `vae/` folder (or pipeline root) or a converted
-  checkpoint. `dtype` is the compute dtype; parameters are stored in `param_dtype` (default `dtype`).
-  With a `mesh`, each parameter goes straight onto its shards.
-  """
-  cfg = vae_config(path, dtype=dtype, param_dtype=param_dtype or dtype)
-  make = lambda: AutoencoderKLCogVideoX(cfg, rngs=nnx.Rngs(0))
-  return folders.load_model(
-      path, make, weights=lambda p: WeightFolder(resolve_diffusers_folder(p, "vae")),
-      rules=vae_rules(cfg), mesh=mesh, progress=progress)
-
-
-def save_vae(model: AutoencoderKLCogVideoX, dst: str, *, overwrite: bool = False) -> str:
-  """Writes a converted checkpoint (kind "cogvideox-vae") that `load_vae` reads back."""
-  return store.save_model(dst, KIND, model.config.to_diffusers_config(), model,
-                          overwrite=overwrite)
-
-
-def export_vae(model: AutoencoderKLCogVideoX, dst: str, *, max_shard_bytes: int = 5 * 1024**3,
-               overwrite: bool = False) -> str:
-  """Writes a diffusers `vae/` folder (config.json + safetensors) that
-  `AutoencoderKLCogVideoX.from_pretrained` and `load_vae` read; atomic (temporary name, rename)."""
-  return folders.export_folder(dst, model.config.to_diffusers_config(),
-                               export_tensors(model, vae_rules(model.config)),
-                               weights_name="diffusion_pytorch_model",
-                               max_shard_bytes=max_shard_bytes, overwrite=overwrite)
-
-
+load_vae = SPEC.load  # (path, *, dtype, param_dtype, mesh, progress)
+# Converted checkpoint (kind "cogvideox-vae") out, diffusers `vae/` folder out, config only.
+save_vae = SPEC.save
+export_vae = SPEC.export
+vae_config = SPEC.config

@@ -15,21 +15,15 @@ fine-tuned or a tiny random critic (the CPU demo's) goes through the real loadin
 from __future__ import annotations
 
 import glob
-import json
 import os
-import shutil
-import tempfile
 
+from lift_jax import files
 from lift_jax.checkpoint.safetensors import write_safetensors
 from lift_jax.checkpoint.tables import export_tensors
-from lift_jax.models.critic import vila
+from lift_jax.models.critic.params import PROJECTOR_PREFIX, TOKENIZER_FILES, projector_rules
 from lift_jax.models.llama import params as llama_params
 from lift_jax.models.siglip import params as siglip_params
 from lift_jax.models.siglip.processing import PREPROCESSOR_FILE
-
-# What `save_pretrained` writes for a tokenizer (slow or fast); copied into llm/.
-TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*",
-                   "merges.txt", "chat_template*", "spiece.model")
 PROJECTOR_CONFIG = {"architectures": ["MultimodalProjector"], "model_type": "v2l_projector"}
 
 
@@ -71,36 +65,19 @@ def export_vila(critic_model, dst: str, tokenizer_dir: str | None = None, *,
   if not tokenizer_dir or not glob.glob(os.path.join(tokenizer_dir, "tokenizer*")):
     raise FileNotFoundError(f"{tokenizer_dir!r}: no tokenizer files (tokenizer*) to put in llm/; "
                             "pass tokenizer_dir=")
-  dst = os.path.abspath(dst)
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
-  parent = os.path.dirname(dst)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
-  try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(top_config(cfg), f, indent=2)
+  with files.atomic_directory(dst, overwrite=overwrite) as tmp:
+    files.write_json(os.path.join(tmp, "config.json"), top_config(cfg))
     llm = llama_params.export(critic_model.llm, os.path.join(tmp, "llm"),
                               max_shard_bytes=max_shard_bytes)
-    for pattern in TOKENIZER_FILES:
-      for path in glob.glob(os.path.join(tokenizer_dir, pattern)):
-        if os.path.isfile(path):
-          shutil.copy2(path, llm)
+    files.copy_matching(tokenizer_dir, TOKENIZER_FILES, llm)
     tower = siglip_params.export(critic_model.vision, os.path.join(tmp, "vision_tower"),
                                  max_shard_bytes=max_shard_bytes)
-    with open(os.path.join(tower, PREPROCESSOR_FILE), "w") as f:
-      json.dump(cfg.image.to_config(), f, indent=2)
+    files.write_json(os.path.join(tower, PREPROCESSOR_FILE), cfg.image.to_config())
     projector = os.path.join(tmp, "mm_projector")
     os.makedirs(projector)
-    with open(os.path.join(projector, "config.json"), "w") as f:
-      json.dump({**PROJECTOR_CONFIG, "mm_projector_type": cfg.projector_type}, f, indent=2)
+    files.write_json(os.path.join(projector, "config.json"),
+                     {**PROJECTOR_CONFIG, "mm_projector_type": cfg.projector_type})
     write_safetensors(os.path.join(projector, "model.safetensors"),
-                      {vila.PROJECTOR_PREFIX + k: v
-                       for k, v in export_tensors(critic_model.projector, vila.projector_rules())})
-    if os.path.exists(dst):
-      shutil.rmtree(dst)
-    os.replace(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return dst
+                      {PROJECTOR_PREFIX + k: v
+                       for k, v in export_tensors(critic_model.projector, projector_rules())})
+  return os.path.abspath(dst)

@@ -25,10 +25,8 @@ import numpy as np
 from flax import nnx
 
 from lift_jax import layers
-from lift_jax.models.siglip.modeling import run_first_layers
 from lift_jax.parallel.mesh import constrain
 
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
 _ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                 "relu": "relu", "silu": "silu"}
 _NORM_TYPES = ("rms_norm", "layer_norm")
@@ -42,7 +40,7 @@ LAYER_SCALE_INIT = 0.1  # `initializer_factor` of the published configs
 
 
 @dataclasses.dataclass(frozen=True)
-class InternVisionConfig:
+class InternVisionConfig(layers.PatchGeometry, layers.RuntimeSettings):
   """Architecture (the original `InternVisionConfig` field names) plus runtime settings."""
 
   hidden_size: int = 3200
@@ -59,24 +57,6 @@ class InternVisionConfig:
   qkv_bias: bool = False
   # eps of q_norm/k_norm when it is not `layer_norm_eps` (transformers' InternVL fixes it at 1e-6).
   qk_norm_eps: float | None = None
-  # Runtime settings (not part of the checkpoint).
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: str = "none"
-  attention_impl: str = "auto"
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_attention_heads
-
-  @property
-  def grid(self) -> int:
-    return self.image_size // self.patch_size
-
-  @property
-  def num_patches(self) -> int:
-    """Patch tokens (the class token comes on top)."""
-    return self.grid ** 2
 
   @property
   def activation(self) -> str:
@@ -97,22 +77,12 @@ class InternVisionConfig:
     InternVL config holding one under `vision_config`)."""
     if isinstance(config.get("vision_config"), dict):
       config = config["vision_config"]
-    missing = [k for k in _REQUIRED_HF_KEYS if k not in config]
-    if missing:
-      raise ValueError(f"not an InternViT config: missing {missing}")
-    size = {}
-    for name, default in (("image_size", 448), ("patch_size", 14)):
-      value = config.get(name, default)
-      if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-          raise ValueError(f"{name}={value}: only square images and patches are supported")
-        value = value[0]
-      size[name] = int(value)
-    kwargs = {k: config[k] for k in _REQUIRED_HF_KEYS}
-    kwargs.update(size, num_channels=config.get("num_channels", 3),
-                  hidden_act=config.get("hidden_act", "gelu"),
-                  norm_type=config.get("norm_type", "rms_norm"),
-                  layer_norm_eps=config.get("layer_norm_eps", 1e-6))
+    kwargs = layers.config_fields(
+        config, what="InternViT", required=_REQUIRED_HF_KEYS,
+        defaults=dict(num_channels=3, hidden_act="gelu", norm_type="rms_norm",
+                      layer_norm_eps=1e-6))
+    kwargs.update(image_size=layers.square(config, "image_size", 448),
+                  patch_size=layers.square(config, "patch_size", 14))
     if config.get("model_type") == "internvl_vision":  # transformers' spelling of the same model
       if not config.get("use_mean_pooling", True):
         raise ValueError("use_mean_pooling=False adds a final LayerNorm, which InternViT does not "
@@ -133,8 +103,8 @@ class InternVisionConfig:
     """A config.json in the original layout that `from_hf_config` reads back."""
     out = {"architectures": ["InternVisionModel"], "model_type": "intern_vit_6b",
            "initializer_factor": LAYER_SCALE_INIT}
-    out.update({k: v for k, v in dataclasses.asdict(self).items()
-                if k not in _RUNTIME_FIELDS and (k != "qk_norm_eps" or v is not None)})
+    out.update({k: v for k, v in self.architecture().items()
+                if k != "qk_norm_eps" or v is not None})
     return out
 
   def validate(self) -> None:
@@ -143,27 +113,15 @@ class InternVisionConfig:
                        f"{sorted(_ACTIVATIONS)})")
     if self.norm_type not in _NORM_TYPES:
       raise ValueError(f"norm_type={self.norm_type!r}; expected one of {_NORM_TYPES}")
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
-                       f"{self.num_attention_heads}")
-    if self.image_size % self.patch_size:
-      raise ValueError(f"image_size={self.image_size} is not a multiple of patch_size="
-                       f"{self.patch_size}")
-    if self.remat not in layers.stack.REMAT_POLICIES:
-      raise ValueError(f"remat={self.remat!r}; expected one of {sorted(layers.stack.REMAT_POLICIES)}")
-    if self.attention_impl not in layers.IMPLEMENTATIONS:
-      raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of "
-                       f"{layers.IMPLEMENTATIONS}")
+    self.validate_geometry()
+    self.validate_runtime()
 
-
-def _dtypes(cfg: InternVisionConfig) -> dict[str, Any]:
-  return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
 
 def _norm(cfg: InternVisionConfig) -> nnx.Module:
   if cfg.norm_type == "rms_norm":
-    return layers.RMSNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, **_dtypes(cfg))
-  return layers.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, **_dtypes(cfg))
+    return layers.RMSNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, **cfg.dtypes)
+  return layers.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, **cfg.dtypes)
 
 
 def bicubic_matrix(out_size: int, in_size: int) -> np.ndarray:
@@ -192,12 +150,12 @@ class Attention(nnx.Module):
 
   def __init__(self, cfg: InternVisionConfig, *, rngs: nnx.Rngs):
     d, n, h = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
-    kw = dict(rngs=rngs, **_dtypes(cfg))
+    kw = dict(rngs=rngs, **cfg.dtypes)
     self.qkv = layers.Dense(d, (3, n, h), axes=("embed", None, HEADS_AXIS, "kv"),
                             use_bias=cfg.qkv_bias, **kw)
     qk = cfg.qk_normalization
-    self.q_norm = layers.RMSNorm(d, eps=cfg.qk_eps, **_dtypes(cfg)) if qk else None
-    self.k_norm = layers.RMSNorm(d, eps=cfg.qk_eps, **_dtypes(cfg)) if qk else None
+    self.q_norm = layers.RMSNorm(d, eps=cfg.qk_eps, **cfg.dtypes) if qk else None
+    self.k_norm = layers.RMSNorm(d, eps=cfg.qk_eps, **cfg.dtypes) if qk else None
     self.o = layers.Dense((n, h), d, axes=(HEADS_AXIS, "kv", "embed"), **kw)
     self.impl = cfg.attention_impl
 
@@ -216,7 +174,7 @@ class EncoderLayer(nnx.Module):
   """x + ls1 · attn(norm1(x)), then x + ls2 · mlp(norm2(x))."""
 
   def __init__(self, cfg: InternVisionConfig, *, rngs: nnx.Rngs):
-    dt = _dtypes(cfg)
+    dt = cfg.dtypes
     self.norm1 = _norm(cfg)
     self.attn = Attention(cfg, rngs=rngs)
     self.norm2 = _norm(cfg)
@@ -242,11 +200,8 @@ class InternVisionModel(nnx.Module):
   def __init__(self, cfg: InternVisionConfig, *, rngs: nnx.Rngs):
     cfg.validate()
     self.config = cfg
-    d, p, c = cfg.hidden_size, cfg.patch_size, cfg.num_channels
-    dt = _dtypes(cfg)
-    # The 14x14 stride-14 Conv2d as a matmul over (c, ph, pw) patch features.
-    self.patch_embedding = layers.Dense((c, p, p), d, axes=(None, None, None, "embed"), rngs=rngs,
-                                        **dt)
+    d, dt = cfg.hidden_size, cfg.dtypes
+    self.patch_embedding = layers.patch_projection(cfg, rngs=rngs)
     self.class_embedding = layers.param(
         jax.random.normal(rngs.params(), (d,), dt["param_dtype"]), ("embed",))
     self.position_embedding = layers.param(
@@ -271,34 +226,20 @@ class InternVisionModel(nnx.Module):
   def embed(self, pixel_values: jax.Array) -> jax.Array:
     """Class token + patch projection, plus positions: `[B,3,H,W] -> [B,1+P,D]`."""
     cfg = self.config
-    if pixel_values.ndim != 4 or pixel_values.shape[1] != cfg.num_channels:
-      raise ValueError(f"pixel_values must be [B, {cfg.num_channels}, H, W], got "
-                       f"{tuple(pixel_values.shape)}")
-    b, c, h, w = pixel_values.shape
-    p = cfg.patch_size
-    gh, gw = h // p, w // p
-    if not gh or not gw:
-      raise ValueError(f"pixel_values are {h}x{w}, smaller than one {p}x{p} patch")
-    # A stride-p convolution drops the remainder rows and columns; so does this crop.
-    patches = pixel_values[:, :, :gh * p, :gw * p].astype(jnp.dtype(cfg.dtype))
-    patches = patches.reshape(b, c, gh, p, gw, p).transpose(0, 2, 4, 1, 3, 5)
-    x_BPD = self.patch_embedding(patches.reshape(b, gh * gw, c, p, p))
+    patches, (gh, gw) = layers.patchify(pixel_values, cfg.patch_size, cfg.num_channels,
+                                        jnp.dtype(cfg.dtype))
+    x_BPD = self.patch_embedding(patches)
+    b = x_BPD.shape[0]
     cls_B1D = jnp.broadcast_to(self.class_embedding[...].astype(x_BPD.dtype), (b, 1, x_BPD.shape[-1]))
     x_BTD = jnp.concatenate([cls_B1D, x_BPD], axis=1)
     return x_BTD + self.positions(gh, gw).astype(x_BTD.dtype)[None]
 
-  def _layer_index(self, layer: int) -> int:
-    n = self.config.num_hidden_layers
-    if not -(n + 1) <= layer <= n:
-      raise ValueError(f"layer={layer}: this tower has hidden states 0..{n} (or -{n + 1}..-1)")
-    return layer % (n + 1)
-
   def features(self, pixel_values: jax.Array, layer: int = -1) -> jax.Array:
     """`hidden_states[layer]` of the original: 0 is the embedding, i the output of block i."""
-    n = self._layer_index(layer)
+    depth = self.blocks.depth_of(layer)
     with jax.named_scope("embed"):
       x_BTD = self.embed(pixel_values)
-    return run_first_layers(self.blocks, x_BTD, n)
+    return self.blocks(x_BTD, depth=depth)
 
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
     return self.features(pixel_values, layer=-1)

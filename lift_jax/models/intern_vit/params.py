@@ -18,18 +18,13 @@ import os
 import re
 
 import numpy as np
-from flax import nnx
-from jax.sharding import Mesh
-
-from lift_jax.checkpoint import folders, store
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
-from lift_jax.checkpoint.tables import Rule, identity, linear
+from lift_jax.checkpoint.spec import ModelSpec
+from lift_jax.checkpoint.tables import Rule, heads_out, identity, linear
+from lift_jax.checkpoint.views import StripPrefix
+from lift_jax.files import read_json
 from lift_jax.models.intern_vit.modeling import InternVisionConfig, InternVisionModel
-from lift_jax.checkpoint.folders import read_json
-from lift_jax.models.siglip.params import StripPrefix
 from lift_jax.models.siglip.processing import PREPROCESSOR_FILE, ImageProcessor
-
-KIND = "intern-vit"
 PREFIX = "vision_model."
 # Keys a tower folder may hold that the port does not use (transformers' MIM mask token).
 IGNORED = ("embeddings.mask_token",)
@@ -56,8 +51,7 @@ def vision_rules(cfg: InternVisionConfig) -> list[Rule]:
       # [3·N·H, D] (q rows, then k, then v) -> [D, 3, N, H]
       Rule(f"{blk}.attn.qkv.weight", f"{dst}.attn.qkv.kernel", lambda w: w.T.reshape(d, 3, n, h),
            lambda k: k.reshape(d, 3 * n * h).T),
-      Rule(f"{blk}.attn.proj.weight", f"{dst}.attn.o.kernel", lambda w: w.T.reshape(n, h, d),
-           lambda k: k.reshape(n * h, d).T),
+      Rule(f"{blk}.attn.proj.weight", f"{dst}.attn.o.kernel", *heads_out(n, h, d)),
       Rule(f"{blk}.attn.proj.bias", f"{dst}.attn.o.bias", identity),
       Rule(f"{blk}.ls1", f"{dst}.ls1"),
       Rule(f"{blk}.ls2", f"{dst}.ls2"),
@@ -162,33 +156,14 @@ def image_processor(folder: str, image_size: int | None = None) -> ImageProcesso
   return ImageProcessor.from_config(config, image_size=image_size or 448)
 
 
-def resolve_folder(path: str) -> str:
-  """Accepts the tower folder itself or a VILA root holding `vision_tower/`."""
-  return folders.vila_part(path, "vision_tower", "InternViT")
+SPEC = ModelSpec(
+    kind="intern-vit", config_class=InternVisionConfig, model_class=InternVisionModel,
+    rules=vision_rules, subfolder="vision_tower", name="the InternViT tower",
+    parse=InternVisionConfig.from_hf_config, dump=InternVisionConfig.to_hf_config,
+    ignore=IGNORED, tensors=weights, vila_root=True)
+KIND = SPEC.kind
 
-
-def vision_config(path: str, **runtime) -> InternVisionConfig:
-  """The config of a transformers folder or converted checkpoint, with runtime overrides."""
-  return folders.model_config(path, kind=KIND, folder=resolve_folder,
-                              parse=lambda c: InternVisionConfig.from_hf_config(c, **runtime),
-                              what="the InternViT tower's config.json")
-
-
-def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
-         mesh: Mesh | None = None, remat: str = "none", attention_impl: str = "auto",
-         progress: bool = False) -> InternVisionModel:
-  """Loads an InternViT tower from an original/transformers/VILA folder or a converted checkpoint.
-
-  `dtype` is the compute dtype; parameters are stored in `param_dtype` (default: `dtype`). With a
-  `mesh`, each parameter is placed directly onto its shards.
-  """
-  cfg = vision_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
-                      attention_impl=attention_impl)
-  make = lambda: InternVisionModel(cfg, rngs=nnx.Rngs(0))
-  return folders.load_model(path, make, weights=lambda p: weights(resolve_folder(p)),
-                            rules=vision_rules(cfg), mesh=mesh, ignore=IGNORED, progress=progress)
-
-
-def save(model: InternVisionModel, dst: str, *, overwrite: bool = False) -> str:
-  """Writes a converted checkpoint that `load` reads back."""
-  return store.save_model(dst, KIND, model.config.to_hf_config(), model, overwrite=overwrite)
+load = SPEC.load  # (path, *, dtype, param_dtype, mesh, remat, attention_impl, progress)
+save = SPEC.save  # a converted checkpoint that `load` reads back
+export = SPEC.export  # the original (trust_remote_code) layout
+vision_config = SPEC.config

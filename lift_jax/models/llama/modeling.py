@@ -25,7 +25,6 @@ from flax import nnx
 from lift_jax import layers
 from lift_jax.parallel.mesh import constrain
 
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
                 "gelu_new": "gelu_tanh", "relu": "relu"}
 _REQUIRED_HF_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -37,7 +36,7 @@ _CACHE = (None, "activation_batch", None, "activation_heads", "activation_kv")
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(layers.RuntimeSettings):
   """Architecture (transformers `LlamaConfig` field names) plus runtime settings."""
 
   vocab_size: int = 32000
@@ -57,11 +56,6 @@ class LlamaConfig:
   bos_token_id: int | None = 1
   eos_token_id: int | tuple[int, ...] | None = 2
   pad_token_id: int | None = 0
-  # Runtime settings (not part of the checkpoint).
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: str = "none"
-  attention_impl: str = "auto"
 
   @property
   def eos_token_ids(self) -> tuple[int, ...]:
@@ -86,9 +80,10 @@ class LlamaConfig:
 
     Missing optional fields take transformers' `LlamaConfig` defaults.
     """
-    missing = [k for k in _REQUIRED_HF_KEYS if k not in config]
-    if missing:
-      raise ValueError(f"not a Llama config: missing {missing}")
+    kwargs = layers.config_fields(
+        config, what="Llama", required=_REQUIRED_HF_KEYS,
+        defaults=dict(hidden_act="silu", max_position_embeddings=2048, rms_norm_eps=1e-6,
+                      bos_token_id=1, pad_token_id=None))
     model_type = config.get("model_type", "llama")
     if model_type not in _SUPPORTED_MODEL_TYPES:
       raise ValueError(f"model_type={model_type!r} is not supported (expected one of "
@@ -104,20 +99,14 @@ class LlamaConfig:
       raise ValueError("sliding-window attention is not supported")
     n = config["num_attention_heads"]
     eos = config.get("eos_token_id", 2)
-    kwargs = {k: config[k] for k in _REQUIRED_HF_KEYS}
     kwargs.update(
         num_key_value_heads=config.get("num_key_value_heads") or n,
         head_dim=config.get("head_dim") or config["hidden_size"] // n,
-        hidden_act=config.get("hidden_act", "silu"),
-        max_position_embeddings=config.get("max_position_embeddings", 2048),
-        rms_norm_eps=config.get("rms_norm_eps", 1e-6),
         rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         attention_bias=bool(config.get("attention_bias", False)),
         mlp_bias=bool(config.get("mlp_bias", False)),
-        bos_token_id=config.get("bos_token_id", 1),
-        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
-        pad_token_id=config.get("pad_token_id"))
+        eos_token_id=tuple(eos) if isinstance(eos, list) else eos)
     cfg = cls(**kwargs, **runtime)
     cfg.validate()
     return cfg
@@ -125,7 +114,7 @@ class LlamaConfig:
   def to_hf_config(self) -> dict[str, Any]:
     """A config.json that both `from_hf_config` and transformers' `LlamaConfig` read back."""
     out = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
-    out.update({k: v for k, v in dataclasses.asdict(self).items() if k not in _RUNTIME_FIELDS})
+    out.update(self.architecture())
     out.pop("rope_theta")
     out["rope_parameters"] = {"rope_type": "default", "rope_theta": self.rope_theta}
     if isinstance(self.eos_token_id, tuple):
@@ -141,11 +130,7 @@ class LlamaConfig:
                        f"num_key_value_heads={self.num_key_value_heads}")
     if self.head_dim % 2:
       raise ValueError(f"head_dim={self.head_dim}: RoPE needs an even head dim")
-    if self.remat not in layers.stack.REMAT_POLICIES:
-      raise ValueError(f"remat={self.remat!r}; expected one of {sorted(layers.stack.REMAT_POLICIES)}")
-    if self.attention_impl not in layers.IMPLEMENTATIONS:
-      raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of "
-                       f"{layers.IMPLEMENTATIONS}")
+    self.validate_runtime()
 
 
 # ----------------------------------------------------------------------------- RoPE and cache
@@ -176,13 +161,10 @@ class KVCache(NamedTuple):
     return self.k.shape[2]
 
 
-def _dtypes(cfg: LlamaConfig) -> dict[str, Any]:
-  return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-
 
 def _rms_norm(cfg: LlamaConfig) -> layers.RMSNorm:
   return layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, cast_before_scale=True,
-                        **_dtypes(cfg))
+                        **cfg.dtypes)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -193,7 +175,7 @@ class Attention(nnx.Module):
 
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
     d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    kw = dict(use_bias=cfg.attention_bias, rngs=rngs, **_dtypes(cfg))
+    kw = dict(use_bias=cfg.attention_bias, rngs=rngs, **cfg.dtypes)
     self.q = layers.Dense(d, (n, h), axes=("embed", "heads", "kv"), **kw)
     self.k = layers.Dense(d, (k, h), axes=("embed", "kv_heads", "kv"), **kw)
     self.v = layers.Dense(d, (k, h), axes=("embed", "kv_heads", "kv"), **kw)
@@ -225,7 +207,7 @@ class DecoderLayer(nnx.Module):
     self.attn = Attention(cfg, rngs=rngs)
     self.post_attention_layernorm = _rms_norm(cfg)
     self.mlp = layers.Mlp(cfg.hidden_size, cfg.intermediate_size, act=_ACTIVATIONS[cfg.hidden_act],
-                          gated=True, use_bias=cfg.mlp_bias, rngs=rngs, **_dtypes(cfg))
+                          gated=True, use_bias=cfg.mlp_bias, rngs=rngs, **cfg.dtypes)
 
   def __call__(self, x_BTD, cos_BTH, sin_BTH, mask_B1TS, kv=None, index=None):
     x_BTD = constrain(x_BTD, _TOKENS)
@@ -243,7 +225,7 @@ class LlamaForCausalLM(nnx.Module):
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
     cfg.validate()
     self.config = cfg
-    dt = _dtypes(cfg)
+    dt = cfg.dtypes
     self.embed_tokens = layers.param(
         0.02 * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size),
                                  dt["param_dtype"]), ("vocab", "embed"))
@@ -288,34 +270,22 @@ class LlamaForCausalLM(nnx.Module):
     return constrain(inputs_embeds.astype(jnp.dtype(self.config.dtype)), _TOKENS)
 
   def _layers(self, x_BTD, cos, sin, mask, cache: KVCache | None = None):
-    """Scans the stacked layers; with a cache, writes each layer's new keys/values in place."""
-    graphdef, state = nnx.split(self.layers.layers)
+    """Runs the stacked layers; with a cache, writes each layer's new keys/values in place."""
     if cache is None:
-      def body(x, layer_state):
-        x, _ = nnx.merge(graphdef, layer_state)(x, cos, sin, mask)
-        return x, None
-
-      if self.layers.remat != "none":
-        body = jax.checkpoint(body, policy=layers.stack.REMAT_POLICIES[self.layers.remat],
-                              prevent_cse=False)
-      x_BTD, _ = jax.lax.scan(body, x_BTD, state)
-      return x_BTD, None
-
+      run = lambda block, x, _, i: (block(x, cos, sin, mask)[0], None)
+      return self.layers.scan(run, x_BTD)[0], None
     index = cache.index
 
-    def body(carry, xs):
+    def body(block, carry, _, i):
       x, ck, cv = carry
-      layer_state, i = xs
       kv = (jax.lax.dynamic_index_in_dim(ck, i, keepdims=False),
             jax.lax.dynamic_index_in_dim(cv, i, keepdims=False))
-      x, (k_new, v_new) = nnx.merge(graphdef, layer_state)(x, cos, sin, mask, kv, index)
+      x, (k_new, v_new) = block(x, cos, sin, mask, kv, index)
       ck = jax.lax.dynamic_update_slice(ck, k_new[None].astype(ck.dtype), (i, 0, index, 0, 0))
       cv = jax.lax.dynamic_update_slice(cv, v_new[None].astype(cv.dtype), (i, 0, index, 0, 0))
       return (x, constrain(ck, _CACHE), constrain(cv, _CACHE)), None
 
-    n = self.config.num_hidden_layers
-    (x_BTD, ck, cv), _ = jax.lax.scan(body, (x_BTD, cache.k, cache.v),
-                                      (state, jnp.arange(n, dtype=jnp.int32)))
+    (x_BTD, ck, cv), _ = self.layers.scan(body, (x_BTD, cache.k, cache.v))
     return x_BTD, (ck, cv)
 
   # -- public calls

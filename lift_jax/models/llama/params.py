@@ -8,16 +8,9 @@
 
 from __future__ import annotations
 
-
-from flax import nnx
-from jax.sharding import Mesh
-
-from lift_jax.checkpoint import folders, store
-from lift_jax.checkpoint.safetensors import WeightFolder
-from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear
+from lift_jax.checkpoint.spec import ModelSpec
+from lift_jax.checkpoint.tables import Rule, head_bias, heads_in, heads_out, identity, linear
 from lift_jax.models.llama.modeling import LlamaConfig, LlamaForCausalLM
-
-KIND = "llama"
 SUBFOLDER = "llm"
 IGNORED = ("model.layers.*.self_attn.rotary_emb.inv_freq",)
 
@@ -25,12 +18,9 @@ IGNORED = ("model.layers.*.self_attn.rotary_emb.inv_freq",)
 def llama_rules(cfg: LlamaConfig) -> list[Rule]:
   """One row per transformers key; `{i}` rows fill the stacked layer parameters."""
   d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-  q_heads = lambda w: w.T.reshape(d, n, h)  # [N·H, D] -> [D, N, H]
-  kv_heads = lambda w: w.T.reshape(d, k, h)  # [K·H, D] -> [D, K, H]
-  from_heads = lambda w: w.T.reshape(n, h, d)  # [D, N·H] -> [N, H, D]
-  heads_inv = lambda x: x.reshape(d, -1).T  # [D, N, H] -> [N·H, D], also for the K heads
-  from_heads_inv = lambda x: x.reshape(n * h, d).T
-  flat = lambda b: b.reshape(-1)
+  q_heads = heads_in(d, n, h)
+  kv_heads = heads_in(d, k, h)  # grouped-query: K key/value heads
+  from_heads = heads_out(n, h, d)
   blk, dst = "model.layers.{i}", "layers.layers"
   rules = [
       Rule("model.embed_tokens.weight", "embed_tokens", identity),
@@ -38,22 +28,18 @@ def llama_rules(cfg: LlamaConfig) -> list[Rule]:
       Rule(f"{blk}.input_layernorm.weight", f"{dst}.input_layernorm.scale", identity),
       Rule(f"{blk}.post_attention_layernorm.weight", f"{dst}.post_attention_layernorm.scale",
            identity),
-      Rule(f"{blk}.self_attn.q_proj.weight", f"{dst}.attn.q.kernel", q_heads, heads_inv),
-      Rule(f"{blk}.self_attn.k_proj.weight", f"{dst}.attn.k.kernel", kv_heads, heads_inv),
-      Rule(f"{blk}.self_attn.v_proj.weight", f"{dst}.attn.v.kernel", kv_heads, heads_inv),
-      Rule(f"{blk}.self_attn.o_proj.weight", f"{dst}.attn.o.kernel", from_heads,
-           from_heads_inv),
+      Rule(f"{blk}.self_attn.q_proj.weight", f"{dst}.attn.q.kernel", *q_heads),
+      Rule(f"{blk}.self_attn.k_proj.weight", f"{dst}.attn.k.kernel", *kv_heads),
+      Rule(f"{blk}.self_attn.v_proj.weight", f"{dst}.attn.v.kernel", *kv_heads),
+      Rule(f"{blk}.self_attn.o_proj.weight", f"{dst}.attn.o.kernel", *from_heads),
       Rule(f"{blk}.mlp.gate_proj.weight", f"{dst}.mlp.gate.kernel", linear),
       Rule(f"{blk}.mlp.up_proj.weight", f"{dst}.mlp.up.kernel", linear),
       Rule(f"{blk}.mlp.down_proj.weight", f"{dst}.mlp.down.kernel", linear),
   ]
   if cfg.attention_bias:
-    rules += [Rule(f"{blk}.self_attn.q_proj.bias", f"{dst}.attn.q.bias", lambda b: b.reshape(n, h),
-                   flat),
-              Rule(f"{blk}.self_attn.k_proj.bias", f"{dst}.attn.k.bias", lambda b: b.reshape(k, h),
-                   flat),
-              Rule(f"{blk}.self_attn.v_proj.bias", f"{dst}.attn.v.bias", lambda b: b.reshape(k, h),
-                   flat),
+    rules += [Rule(f"{blk}.self_attn.q_proj.bias", f"{dst}.attn.q.bias", *head_bias(n, h)),
+              Rule(f"{blk}.self_attn.k_proj.bias", f"{dst}.attn.k.bias", *head_bias(k, h)),
+              Rule(f"{blk}.self_attn.v_proj.bias", f"{dst}.attn.v.bias", *head_bias(k, h)),
               Rule(f"{blk}.self_attn.o_proj.bias", f"{dst}.attn.o.bias", identity)]
   if cfg.mlp_bias:
     rules += [Rule(f"{blk}.mlp.{p}_proj.bias", f"{dst}.mlp.{p}.bias", identity)
@@ -67,46 +53,15 @@ def ignored_keys(cfg: LlamaConfig) -> tuple[str, ...]:
   return IGNORED + (("lm_head.weight",) if cfg.tie_word_embeddings else ())
 
 
-def resolve_folder(path: str) -> str:
-  """Accepts the LLM folder itself or a VILA root holding `llm/`."""
-  return folders.vila_part(path, SUBFOLDER, "Llama")
+SPEC = ModelSpec(
+    kind="llama", config_class=LlamaConfig, model_class=LlamaForCausalLM, rules=llama_rules,
+    subfolder=SUBFOLDER, name="the Llama model", parse=LlamaConfig.from_hf_config,
+    dump=LlamaConfig.to_hf_config, ignore=ignored_keys, vila_root=True)
+KIND = SPEC.kind
 
-
-def llama_config(path: str, **runtime) -> LlamaConfig:
-  """The config of a transformers folder or converted checkpoint, with runtime overrides."""
-  return folders.model_config(path, kind=KIND, folder=resolve_folder,
-                              parse=lambda c: LlamaConfig.from_hf_config(c, **runtime),
-                              what="the Llama model's config.json")
-
-
-def load(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
-         mesh: Mesh | None = None, remat: str = "none", attention_impl: str = "auto",
-         progress: bool = False) -> LlamaForCausalLM:
-  """Loads a Llama-family causal LM from a transformers/VILA folder or a converted checkpoint.
-
-  `dtype` is the compute dtype; parameters are stored in `param_dtype` (default: `dtype`). With a
-  `mesh`, each parameter is placed directly onto its shards.
-  """
-  cfg = llama_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
-                     attention_impl=attention_impl)
-  make = lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
-  return folders.load_model(path, make, weights=lambda p: WeightFolder(resolve_folder(p)),
-                            rules=llama_rules(cfg), mesh=mesh, ignore=ignored_keys(cfg),
-                            progress=progress)
-
-
-def save(model: LlamaForCausalLM, dst: str, *, overwrite: bool = False) -> str:
-  """Writes a converted checkpoint that `load` reads back."""
-  return store.save_model(dst, KIND, model.config.to_hf_config(), model, overwrite=overwrite)
-
-
-def export(model: LlamaForCausalLM, dst: str, *, max_shard_bytes: int = 5 * 1024**3,
-           overwrite: bool = False) -> str:
-  """Writes a transformers `LlamaForCausalLM` folder (config.json + model safetensors, sharded with
-  an index past `max_shard_bytes`), the layout of VILA's `llm/`. Atomic (temporary name, rename)."""
-  return folders.export_folder(dst, model.config.to_hf_config(),
-                               export_tensors(model, llama_rules(model.config)),
-                               weights_name="model", max_shard_bytes=max_shard_bytes,
-                               overwrite=overwrite)
-
-
+load = SPEC.load  # (path, *, dtype, param_dtype, mesh, remat, attention_impl, progress)
+# Converted checkpoint out; transformers `LlamaForCausalLM` folder out (VILA's `llm/` layout);
+# config only.
+save = SPEC.save
+export = SPEC.export
+llama_config = SPEC.config

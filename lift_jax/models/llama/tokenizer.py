@@ -6,30 +6,30 @@ The tokenizers-backed class that transformers 5 builds from the same file (its o
 ("snow.  Please" -> `▁▁ Please` instead of SentencePiece's `▁ ▁Please`), so prompts and SFT
 labels would not be the critic's. `load` returns the slow semantics on either transformers major
 version: 4.x still has the class; on 5.x it is rebuilt here on transformers' SentencePiece backend.
+transformers is imported on first use.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-
-from transformers import AutoTokenizer
-
-try:  # transformers >= 5
-  from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
-except ImportError:  # transformers 4.x: AutoTokenizer(use_fast=False) is the slow LlamaTokenizer
-  SentencePieceBackend = None
 
 SPIECE_UNDERLINE = "▁"
 VOCAB_FILE = "tokenizer.model"
 
 
-if SentencePieceBackend is not None:
+@functools.cache
+def sentencepiece_llama_class():
+  """transformers 4.x `LlamaTokenizer(legacy=False)` on transformers 5's SentencePiece backend
+  (None on 4.x, which has the class itself): "▁" is prepended once to the text (not after special
+  tokens), SentencePiece encodes each piece between special tokens without its dummy prefix, and
+  one BOS leads (`add_bos_token`)."""
+  try:
+    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend  # heavy, optional
+  except ImportError:
+    return None
 
   class SentencePieceLlamaTokenizer(SentencePieceBackend):
-    """transformers 4.x `LlamaTokenizer(legacy=False)`: "▁" is prepended once to the text (not
-    after special tokens), SentencePiece encodes each piece between special tokens without its
-    dummy prefix, and one BOS leads (`add_bos_token`)."""
-
     vocab_files_names = {"vocab_file": VOCAB_FILE}
     model_input_names = ["input_ids", "attention_mask"]
 
@@ -68,8 +68,7 @@ if SentencePieceBackend is not None:
           pending.append(token)
       return out + self.sp_model.decode(pending)
 
-else:
-  SentencePieceLlamaTokenizer = None
+  return SentencePieceLlamaTokenizer
 
 
 def is_sentencepiece_llama(folder: str) -> bool:
@@ -79,7 +78,9 @@ def is_sentencepiece_llama(folder: str) -> bool:
 
 def load(folder: str):
   """The slow-semantics Llama tokenizer saved in `folder` (its tokenizer_config.json applies)."""
-  if SentencePieceLlamaTokenizer is None:
+  cls = sentencepiece_llama_class()
+  if cls is None:
+    from transformers import AutoTokenizer  # heavy, optional
     return AutoTokenizer.from_pretrained(folder, use_fast=False, legacy=False,
                                          local_files_only=True)
-  return SentencePieceLlamaTokenizer.from_pretrained(folder, local_files_only=True)
+  return cls.from_pretrained(folder, local_files_only=True)

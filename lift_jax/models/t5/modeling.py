@@ -21,7 +21,6 @@ from flax import nnx
 from lift_jax import layers
 from lift_jax.parallel.mesh import constrain
 
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
 # transformers' `dense_act_fn` names -> lift_jax.layers activation names.
 _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
                 "relu": "relu", "silu": "silu"}
@@ -43,7 +42,7 @@ def _act_info(feed_forward_proj: str) -> tuple[str, bool]:
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(layers.RuntimeSettings):
   """Architecture (transformers `T5Config` field names) plus runtime settings."""
 
   vocab_size: int = 32128
@@ -56,11 +55,6 @@ class T5Config:
   relative_attention_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
   feed_forward_proj: str = "gated-gelu"
-  # Runtime settings (not part of the checkpoint).
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: str = "none"
-  attention_impl: str = "auto"
 
   @property
   def inner_dim(self) -> int:
@@ -86,20 +80,16 @@ class T5Config:
     Missing optional fields take transformers' defaults (so a config without `feed_forward_proj`
     is the original T5's ReLU feed-forward, as transformers reads it).
     """
-    missing = [k for k in _REQUIRED_HF_KEYS if k not in config]
-    if missing:
-      raise ValueError(f"not a T5 config: missing {missing}")
+    kwargs = layers.config_fields(
+        config, what="T5", required=_REQUIRED_HF_KEYS,
+        defaults=dict(relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                      layer_norm_epsilon=1e-6, feed_forward_proj="relu"))
     model_type = config.get("model_type", "t5")
     if model_type not in _SUPPORTED_MODEL_TYPES:
       raise ValueError(f"model_type={model_type!r} is not supported (expected one of "
                        f"{_SUPPORTED_MODEL_TYPES}; umt5 has a position bias in every layer)")
     if config.get("is_decoder", False):
       raise ValueError("is_decoder=True: this is a T5 decoder config; the port has the encoder only")
-    kwargs = {k: config[k] for k in _REQUIRED_HF_KEYS}
-    kwargs.update(relative_attention_num_buckets=config.get("relative_attention_num_buckets", 32),
-                  relative_attention_max_distance=config.get("relative_attention_max_distance", 128),
-                  layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-6),
-                  feed_forward_proj=config.get("feed_forward_proj", "relu"))
     cfg = cls(**kwargs, **runtime)
     cfg.validate()
     return cfg
@@ -108,7 +98,7 @@ class T5Config:
     """A config.json that both `from_hf_config` and transformers' `T5Config` read back."""
     act, gated = _act_info(self.feed_forward_proj)
     out = {"architectures": ["T5EncoderModel"], "model_type": "t5", "is_encoder_decoder": False}
-    out.update({k: v for k, v in dataclasses.asdict(self).items() if k not in _RUNTIME_FIELDS})
+    out.update(self.architecture())
     out.update(dense_act_fn=act, is_gated_act=gated)
     return out
 
@@ -120,11 +110,7 @@ class T5Config:
     if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 4:
       raise ValueError(f"relative_attention_max_distance={self.relative_attention_max_distance} must "
                        f"exceed num_buckets/4={self.relative_attention_num_buckets // 4}")
-    if self.remat not in layers.stack.REMAT_POLICIES:
-      raise ValueError(f"remat={self.remat!r}; expected one of {sorted(layers.stack.REMAT_POLICIES)}")
-    if self.attention_impl not in layers.IMPLEMENTATIONS:
-      raise ValueError(f"attention_impl={self.attention_impl!r}; expected one of "
-                       f"{layers.IMPLEMENTATIONS}")
+    self.validate_runtime()
 
 
 # ----------------------------------------------------------------------------- position bias
@@ -154,15 +140,12 @@ def relative_position_buckets(query_len: int, key_len: int, *, num_buckets: int 
 # ----------------------------------------------------------------------------- modules
 
 
-def _dtypes(cfg: T5Config) -> dict[str, Any]:
-  return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-
 
 def _norm(cfg: T5Config) -> layers.RMSNorm:
   # T5LayerNorm: fp32 statistics, cast, then scaled (cast_before_scale). transformers casts to the
   # weight dtype; this casts to the compute dtype, the same thing when dtype == param_dtype.
   return layers.RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon, cast_before_scale=True,
-                        **_dtypes(cfg))
+                        **cfg.dtypes)
 
 
 class SelfAttention(nnx.Module):
@@ -174,7 +157,7 @@ class SelfAttention(nnx.Module):
 
   def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
     d, n, h = cfg.d_model, cfg.num_heads, cfg.d_kv
-    kw = dict(use_bias=False, rngs=rngs, **_dtypes(cfg))
+    kw = dict(use_bias=False, rngs=rngs, **cfg.dtypes)
     self.q = layers.Dense(d, (n, h), axes=("embed", "heads", "kv"), **kw)
     self.k = layers.Dense(d, (n, h), axes=("embed", "heads", "kv"), **kw)
     self.v = layers.Dense(d, (n, h), axes=("embed", "heads", "kv"), **kw)
@@ -197,7 +180,7 @@ class T5Block(nnx.Module):
     self.attn = SelfAttention(cfg, rngs=rngs)
     self.ffn_norm = _norm(cfg)
     self.ffn = layers.Mlp(cfg.d_model, cfg.d_ff, act=cfg.activation, gated=cfg.is_gated,
-                          use_bias=False, rngs=rngs, **_dtypes(cfg))
+                          use_bias=False, rngs=rngs, **cfg.dtypes)
 
   def __call__(self, x_BTD, bias_1NTS, mask_B11S):
     x_BTD = constrain(x_BTD, ("activation_batch", "activation_length", "activation_embed"))
@@ -214,7 +197,7 @@ class T5Encoder(nnx.Module):
   def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
     cfg.validate()
     self.config = cfg
-    dt = _dtypes(cfg)
+    dt = cfg.dtypes
     # transformers initialises both tables with N(0, 1) (initializer_factor 1).
     self.shared = layers.param(
         jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), dt["param_dtype"]),

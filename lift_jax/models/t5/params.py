@@ -10,17 +10,10 @@ transformers layout back (`T5EncoderModel.from_pretrained` reads it).
 
 from __future__ import annotations
 
-import os
-
-from flax import nnx
-from jax.sharding import Mesh
-
-from lift_jax.checkpoint import folders, store
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
-from lift_jax.checkpoint.tables import Rule, export_tensors, identity, linear
+from lift_jax.checkpoint.spec import ModelSpec
+from lift_jax.checkpoint.tables import Rule, heads_in, heads_out, identity, linear
 from lift_jax.models.t5.modeling import T5Config, T5Encoder
-
-KIND = "t5-encoder"
 SUBFOLDER = "text_encoder"
 SHARED = "shared.weight"
 TIED = "encoder.embed_tokens.weight"  # the same tensor as `shared.weight` (tied in transformers)
@@ -31,10 +24,8 @@ IGNORED = ("decoder.*", "lm_head.weight")
 def encoder_rules(cfg: T5Config) -> list[Rule]:
   """One row per transformers key; `{i}` rows fill the stacked block parameters layer by layer."""
   d, n, h = cfg.d_model, cfg.num_heads, cfg.d_kv
-  to_heads = lambda w: w.T.reshape(d, n, h)  # [N·H, D] -> [D, N, H]
-  to_heads_inv = lambda k: k.reshape(d, n * h).T
-  from_heads = lambda w: w.T.reshape(n, h, d)  # [D, N·H] -> [N, H, D]
-  from_heads_inv = lambda k: k.reshape(n * h, d).T
+  to_heads, to_heads_inv = heads_in(d, n, h)
+  from_heads, from_heads_inv = heads_out(n, h, d)
   blk, dst = "encoder.block.{i}.layer", "blocks.layers"
   rules = [
       Rule(SHARED, "shared", identity),
@@ -96,51 +87,15 @@ class TiedWeights:
     return self._inner.read(self._alias.get(key, key))
 
 
-def resolve_folder(path: str) -> str:
-  """Accepts the encoder folder itself or a pipeline root holding `text_encoder/`."""
-  if not os.path.isdir(path):
-    raise CheckpointError(f"{path}: T5 encoder folder does not exist")
-  nested = os.path.join(path, SUBFOLDER)
-  if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(nested):
-    return nested
-  return path
+SPEC = ModelSpec(
+    kind="t5-encoder", config_class=T5Config, model_class=T5Encoder, rules=encoder_rules,
+    subfolder=SUBFOLDER, name="the T5 encoder", parse=T5Config.from_hf_config,
+    dump=T5Config.to_hf_config, ignore=IGNORED, tensors=lambda f: TiedWeights(WeightFolder(f)))
+KIND = SPEC.kind
 
-
-def encoder_config(path: str, **runtime) -> T5Config:
-  """The config of a transformers folder or converted checkpoint, with runtime overrides."""
-  return folders.model_config(path, kind=KIND, folder=resolve_folder,
-                              parse=lambda c: T5Config.from_hf_config(c, **runtime),
-                              what="the T5 encoder's config.json")
-
-
-def load_encoder(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
-                 mesh: Mesh | None = None, remat: str = "none", attention_impl: str = "auto",
-                 progress: bool = False) -> T5Encoder:
-  """Loads a T5 encoder from a transformers folder or a converted checkpoint.
-
-  `dtype` is the compute dtype; parameters are stored in `param_dtype` (default: `dtype`). With a
-  `mesh`, each parameter is placed directly onto its shards.
-  """
-  cfg = encoder_config(path, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
-                       attention_impl=attention_impl)
-  make = lambda: T5Encoder(cfg, rngs=nnx.Rngs(0))
-  return folders.load_model(
-      path, make, weights=lambda p: TiedWeights(WeightFolder(resolve_folder(p))),
-      rules=encoder_rules(cfg), mesh=mesh, ignore=IGNORED, progress=progress)
-
-
-def save_encoder(model: T5Encoder, dst: str, *, overwrite: bool = False) -> str:
-  """Writes a converted checkpoint that `load_encoder` reads back."""
-  return store.save_model(dst, KIND, model.config.to_hf_config(), model, overwrite=overwrite)
-
-
-def export_encoder(model: T5Encoder, dst: str, *, max_shard_bytes: int = 5 * 1024**3,
-                   overwrite: bool = False) -> str:
-  """Writes a transformers `T5EncoderModel` folder (config.json + model safetensors), as a pipeline's
-  `text_encoder/` holds it; the tied embedding is stored once, as `shared.weight`. Atomic."""
-  return folders.export_folder(dst, model.config.to_hf_config(),
-                               export_tensors(model, encoder_rules(model.config)),
-                               weights_name="model", max_shard_bytes=max_shard_bytes,
-                               overwrite=overwrite)
-
-
+load_encoder = SPEC.load  # (path, *, dtype, param_dtype, mesh, remat, attention_impl, progress)
+# Converted checkpoint out; transformers `T5EncoderModel` folder out (the tied embedding stored
+# once, as `shared.weight`); config only.
+save_encoder = SPEC.save
+export_encoder = SPEC.export
+encoder_config = SPEC.config
