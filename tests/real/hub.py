@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from lift_jax.checkpoint import convert
+from lift_jax.models import convert
 
 # Published CogVideoX transformer configs (diffusers), as the hub's transformer/config.json.
 _COMMON = dict(activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=64,

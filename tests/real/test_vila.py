@@ -37,7 +37,7 @@ from tests.models.test_critic_40b import reference_embeds as reference_embeds_40
 from tests.models.test_intern_vit import InternVisionModel
 from tests.models.test_llama import byte_tokenizer
 from tests.real import hub
-from tests.reference import rel_err
+from tests.reference import perturb_, rel_err
 
 CAPTION = "A panda eats bamboo."
 VOCAB = 8000
@@ -246,3 +246,20 @@ def test_vila15_40b(tmp_path):
   hub.report(f"VILA1.5-40b (InternViT-6B 1 layer @448, Yi-34B 1 layer, vocab {VOCAB}, "
              f"{frames} frame)", start, stages, **errs)
   assert max(errs.values()) <= 1e-5, errs
+
+
+def test_siglip_floors_384_over_14(tmp_path):
+  """Default-run guard of the floor at so400m's geometry (384 px, patch 14 -> 27x27 = 729
+  patches, the last 6 pixel rows and columns unread), on a narrow one-layer tower."""
+  cfg = HFSiglipVisionConfig(**dict(hub.SIGLIP_SO400M_384, hidden_size=32, intermediate_size=48,
+                                    num_attention_heads=4, num_hidden_layers=1))
+  torch.manual_seed(0)
+  ref = perturb_(HFSiglipVisionModel(cfg).eval())
+  ref.save_pretrained(str(tmp_path / "tower"))
+  px = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    want = ref(px).last_hidden_state.numpy()
+  tower = siglip.load(str(tmp_path / "tower"))
+  assert (tower.config.grid, tower.config.num_patches) == (27, 729)
+  err = rel_err(tower(jnp.asarray(px.numpy())), want)
+  assert want.shape == (2, 729, 32) and err <= 1e-5, err
