@@ -2,6 +2,8 @@
 """Per-device memory of the full-size LiFT train step, from the AOT-compiled step (nothing runs).
 
   python bench/train_memory.py --model 2b --devices 8 [--remat full] [--batch_per_device 1]
+  for r in none full dots attention qkv qkv_attention dots_attention; do   # one at a time
+    python bench/train_memory.py --model 2b --remat $r --row; done          # markdown table rows
 
 Builds the model abstractly (no weights), shards it over a fake mesh of N CPU devices (fsdp=N),
 compiles the jitted train step for 49 frames at 480x720 (latents 13x60x90) and prints XLA's
@@ -23,11 +25,14 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--model", default="2b", choices=["2b", "5b"])
   parser.add_argument("--devices", type=int, default=8)
-  parser.add_argument("--remat", default="full", choices=["none", "full", "dots"])
+  parser.add_argument("--remat", default="full",
+                      help="a policy name from lift_jax/layers/remat.py (none, full, dots, "
+                           "attention, qkv, qkv_attention, dots_attention)")
   parser.add_argument("--batch_per_device", type=int, default=1)
   parser.add_argument("--trainable", default="blocks", choices=["blocks", "full"])
   parser.add_argument("--attention_impl", default="chunked",
                       help="chunked: exact XLA attention in query blocks (what a CPU can compile)")
+  parser.add_argument("--row", action="store_true", help="also print a bench/RESULTS.md table row")
   args = parser.parse_args()
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -58,6 +63,10 @@ def main() -> None:
   print(plan.report().rsplit(" of ", 1)[0])
   print(f"XLA: arguments {plan.argument_bytes / 2**30:.2f} GiB, outputs "
         f"{plan.output_bytes / 2**30:.2f} GiB, temporaries {plan.temp_bytes / 2**30:.2f} GiB")
+  if args.row:
+    gib = lambda n: f"{n / 2**30:.2f} GiB"
+    print(f"| CogVideoX-{args.model.upper()} | {args.remat} | {gib(plan.params_bytes)} | "
+          f"{gib(plan.optimizer_bytes)} | {gib(plan.temp_bytes)} | **{gib(plan.total_bytes)}** |")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       transformer=ml_collections.config_dict.placeholder(str),  # diffusers folder or converted
       dtype="bfloat16", param_dtype="float32", remat="full", attention_impl="auto"))
+  # remat: none | full | dots | attention | qkv | qkv_attention | dots_attention (layers/remat.py).
+  # attention: kernel settings (layers/attention.py AttentionSettings): splash block sizes etc.
+  c.model.attention = ml_collections.ConfigDict(dict(block_q=512, block_kv=512,
+                                                     block_kv_compute=512, fused_bwd=False))
   c.schedule = "2b"  # SNR shift 3.0; "5b" for CogVideoX-5B / 1.5 (shift 1.0)
   c.data = ml_collections.ConfigDict(dict(
       dir=ml_collections.config_dict.placeholder(str),  # tools/prepare_data.py output
@@ -42,4 +46,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.max_bad_steps = 20
   c.compilation_cache = ml_collections.config_dict.placeholder(str)
+  c.memory_fraction = ml_collections.config_dict.placeholder(float)  # GPU: XLA's share of memory
+  c.profile_steps = 0  # > 0: a jax.profiler trace of that many steps (from the 2nd), workdir/profile
   return c

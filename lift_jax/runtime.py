@@ -26,9 +26,13 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
   return path
 
 
-def setup(compilation_cache: str | None = None) -> str | None:
-  """What every tool does first: quiet library INFO logs, turn on the compilation cache."""
+def setup(compilation_cache: str | None = None, memory_fraction: float | None = None) -> str | None:
+  """What every tool does first: the recommended accelerator flags and memory fraction
+  (`parallel.runtime_flags`), quiet library INFO logs, the compilation cache."""
   from absl import logging as absl_logging
 
+  from lift_jax.parallel import runtime_flags
+
+  runtime_flags.apply(memory_fraction=memory_fraction)
   absl_logging.set_verbosity(absl_logging.WARNING)
   return enable_compilation_cache(compilation_cache)

@@ -16,7 +16,8 @@ ROOT = os.path.dirname(lift_jax.__file__)
 # Top-level part -> the parts it may import from.
 BASE = {"files", "runtime", "parallel"}
 ALLOWED = {
-    "files": set(), "runtime": set(), "parallel": {"files"},
+    "files": set(), "parallel": {"files"},
+    "runtime": {"parallel"},  # start-up sets the accelerator flags (parallel.runtime_flags)
     "layers": BASE, "checkpoint": BASE,
     "models": BASE | {"layers", "checkpoint"},
     "data": BASE | {"layers", "checkpoint", "models"},

@@ -1,6 +1,8 @@
 """Shared building blocks: written once, used by every model in `lift_jax.models`."""
 
-from lift_jax.layers.attention import IMPLEMENTATIONS, attention, resolve_impl
+from lift_jax.layers.attention import IMPLEMENTATIONS, AttentionSettings, attention, resolve_impl
+from lift_jax.layers.attention import configure as configure_attention
+from lift_jax.layers.attention import settings as attention_settings
 from lift_jax.layers.embeddings import (apply_rope_half, apply_rope_interleaved, rope_1d,
                                         rope_3d_tables, sincos_1d, sincos_3d_table,
                                         timestep_embedding)

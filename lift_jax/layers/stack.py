@@ -14,11 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+from lift_jax.layers.remat import REMAT_POLICIES
 
 
 class StackedBlocks(nnx.Module):

@@ -179,6 +179,11 @@ def use_mesh(mesh: Mesh, rules=DEFAULT_RULES) -> Iterator[Mesh]:
     _ACTIVE.reset(token)
 
 
+def active_mesh() -> tuple[Mesh, tuple] | None:
+  """The (mesh, rules) made current by `use_mesh`, else None (what shard_map-wrapped kernels read)."""
+  return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
   """Annotates an activation with logical axes under `use_mesh`; a no-op without a mesh."""
   active = _ACTIVE.get()
