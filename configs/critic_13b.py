@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
       unparseable="skip",  # skip: list the video apart | bad: score that dimension as Bad
       round_digits=ml_collections.FieldReference(2, field_type=int),  # LiFT: 2; None: exact
       min_label_mass=0.5))  # logits mode: below this P(Good)+P(Normal)+P(Bad), no label
+  # auto: data-parallel replicas when the critic fits one device (13B bf16 ~26 GB), else tensor
+  # parallelism (40B), with the memory plan printed first; "mesh": use `mesh` as given.
+  c.parallelism = "auto"
   # LiFT's critic-output layout written beside --out (None: not written).
   c.lift_output = "critic_output_13b.json"
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, context=1))

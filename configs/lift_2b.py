@@ -47,5 +47,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.max_bad_steps = 20
   c.compilation_cache = ml_collections.config_dict.placeholder(str)
   c.memory_fraction = ml_collections.config_dict.placeholder(float)  # GPU: XLA's share of memory
-  c.profile_steps = 0  # > 0: a jax.profiler trace of that many steps (from the 2nd) in workdir/profile
+  c.profile_steps = 0  # > 0: a jax.profiler trace of that many steps (from the 2nd), workdir/profile
   return c

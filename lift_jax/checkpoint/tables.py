@@ -36,6 +36,21 @@ def linear(x):
   return x.T
 
 
+def heads_in(d: int, n: int, h: int) -> tuple[Callable, Callable]:
+  """(transform, inverse) of a projection into heads: torch weight [N·H, D] <-> kernel [D, N, H]."""
+  return (lambda w: w.T.reshape(d, n, h)), (lambda k: k.reshape(d, n * h).T)
+
+
+def heads_out(n: int, h: int, d: int) -> tuple[Callable, Callable]:
+  """(transform, inverse) of the projection out of heads: torch [D, N·H] <-> kernel [N, H, D]."""
+  return (lambda w: w.T.reshape(n, h, d)), (lambda k: k.reshape(n * h, d).T)
+
+
+def head_bias(n: int, h: int) -> tuple[Callable, Callable]:
+  """(transform, inverse) of a per-head bias: [N·H] <-> [N, H]."""
+  return (lambda b: b.reshape(n, h)), (lambda b: b.reshape(-1))
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
   src: str

@@ -1,4 +1,4 @@
-"""One device's attention kernels and their shape rules: XLA, cuDNN flash (GPU), Pallas splash (TPU).
+"""One device's attention kernels and their shape rules: XLA, cuDNN flash (GPU), splash (TPU).
 
 `local_attention` computes attention for the shard of queries a device holds against the keys and
 values it holds (all of them after a context all-gather). Inputs may be padded: query rows from
@@ -7,7 +7,7 @@ and padded query rows give values the caller slices away. `q_offset` is the glob
 first local query row (context parallelism), `None` when the device holds every query.
 
 Shape rules handled here rather than by the caller:
-  splash  sequence lengths a multiple of the block sizes (`block_sizes` picks them, the caller pads),
+  splash  sequence lengths a multiple of the block sizes (`block_sizes` picks them, caller pads),
           the head dim zero-padded to `settings.splash_head_multiple` (zeros change no logit, and
           the padded output columns are dropped); key/value heads may be fewer than query heads.
   cudnn   the head dim zero-padded to a multiple of 8; padded keys masked by sequence lengths.

@@ -1,12 +1,13 @@
-"""Attention kernels inside `shard_map`, and context parallelism (the sequence sharded over devices).
+"""Attention kernels inside `shard_map`, and context parallelism (the sequence split over devices).
 
 XLA cannot partition a Pallas (Mosaic) kernel or a cuDNN custom call across devices on its own, so
 under a mesh the per-device kernel runs inside `shard_map` with the layout the model already uses:
 batch over the mesh axes of `activation_batch` (data×fsdp), heads over `activation_heads` (tensor),
-tokens over `activation_length` (context). With context > 1 every device holds a slice of the
-queries and all-gathers the keys and values (exact attention; the all-gather's gradient is a
-reduce-scatter), and tokens are padded to a multiple of the context size (and the kernel blocks),
-the padded keys masked out and the padded query rows dropped.
+tokens over `activation_length` (context). A batch axis the batch does not divide splits the heads
+instead where they divide; what divides neither stays whole (computed redundantly). With context > 1
+every device holds a slice of the queries and all-gathers the keys and values (exact attention;
+the all-gather's gradient is a reduce-scatter), and tokens are padded to a multiple of the
+context size (and the kernel blocks), the padded keys masked out and the padded query rows dropped.
 
 Without a mesh (or on one device) the same padding and kernel run unwrapped.
 """
@@ -49,12 +50,8 @@ def attention(q, k, v, *, impl: str, settings: Any, scale: float, is_causal: boo
   else:
     mesh, rules = active
     batch_axes, length_axes, heads_axes, _ = mesh_lib.logical_to_spec(_LOGICAL, rules)
-    if b % mesh_lib.axis_size(mesh, batch_axes):
-      batch_axes = None  # e.g. batch 1 while sampling: every batch shard computes the same example
+    batch_axes, heads_axes = _split_batch_and_heads(mesh, b, n, batch_axes, heads_axes)
     tensor = mesh_lib.axis_size(mesh, heads_axes)
-    if n % tensor:
-      raise ValueError(f"attention: {n} heads are not divisible by mesh axis {heads_axes}={tensor}; "
-                       f"change mesh.tensor")
     if k.shape[2] % tensor:  # fewer kv heads than tensor shards: give every query head its own
       k, v = (jnp.repeat(x, n // k.shape[2], axis=2) for x in (k, v))
     context = mesh_lib.axis_size(mesh, length_axes)
@@ -97,6 +94,30 @@ def attention(q, k, v, *, impl: str, settings: Any, scale: float, is_causal: boo
     out = jax.shard_map(body, mesh=active[0], in_specs=(tokens, tokens, tokens) + extra_specs,
                         out_specs=tokens, check_vma=False)(q, k, v, *extras)
   return out[:, :t]
+
+
+def _names(entry) -> tuple[str, ...]:
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _entry(names: list[str]):
+  return None if not names else names[0] if len(names) == 1 else tuple(names)
+
+
+def _split_batch_and_heads(mesh, b: int, n: int, batch_axes, heads_axes):
+  """Mesh axes for the batch and the heads. A batch axis the batch does not divide (batch 2 while
+  sampling on fsdp=8) splits the heads instead if they divide, so devices do not all compute the
+  same attention; heads the tensor axis does not divide (InternViT's 25) stay whole."""
+  heads = list(_names(heads_axes))
+  if n % mesh_lib.axis_size(mesh, _entry(heads)):
+    heads = []
+  batch = []
+  for axis in _names(batch_axes):
+    if b % mesh_lib.axis_size(mesh, _entry(batch + [axis])) == 0:
+      batch.append(axis)
+    elif n % mesh_lib.axis_size(mesh, _entry(heads + [axis])) == 0:
+      heads.append(axis)
+  return _entry(batch), _entry(heads)
 
 
 def _pad_tokens(x: jax.Array, size: int) -> jax.Array:

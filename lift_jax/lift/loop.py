@@ -23,24 +23,11 @@ from lift_jax import layers, parallel, runtime
 from lift_jax.checkpoint.manager import TrainCheckpointer
 from lift_jax.data import loaders
 from lift_jax.diffusion.schedule import NoiseSchedule
-from lift_jax.lift import memory
+from lift_jax.lift import memory, throughput
 from lift_jax.lift.train import LossConfig, OptimConfig, Trainer
 from lift_jax.models import cogvideox
 
 log = logging.getLogger(__name__)
-
-# bf16 dense peak FLOP/s per device, for MFU (device_kind substrings).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
-              "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12}
-
-
-def peak_flops(device: jax.Device) -> float | None:
-  kind = getattr(device, "device_kind", "")
-  for name, flops in PEAK_FLOPS.items():
-    if name in kind:
-      return flops
-  return None
-
 
 class TooManyBadSteps(RuntimeError):
   pass
@@ -90,17 +77,21 @@ class ScalarWriter:
 def fit(trainer: Trainer, state: dict[str, Any], data: Iterator[dict[str, np.ndarray]], *,
         num_steps: int, checkpointer: TrainCheckpointer | None = None, save_every: int = 0,
         log_every: int = 10, writer: ScalarWriter | None = None, max_bad_steps: int = 10,
-        flops_per_step: float | None = None, tokens_per_step: int | None = None,
+        step_flops: throughput.StepFlops | None = None, tokens_per_step: int | None = None,
         progress: bool = True, history: list | None = None, profile_steps: int = 0,
         profile_dir: str | None = None) -> dict[str, Any]:
   """Steps until `num_steps` (a global step count), saving every `save_every` and on SIGTERM.
 
   `history`, when given, receives one dict of host metrics per step (for reports and tests).
+  Logged steps carry the wall time per step since the previous logged step (`throughput.StepTimer`:
+  none on the first, whose interval holds the compile) and, with `step_flops`, tokens/s and MFU
+  (`throughput.report`); without it, tokens/s from `tokens_per_step`.
   `profile_steps` > 0 writes a jax.profiler trace of that many steps to `profile_dir`, starting
   with the second step of this run (the first one compiles).
   """
   start = int(jax.device_get(state["step"]))
-  peak = peak_flops(jax.devices()[0])
+  timer = throughput.StepTimer()
+  device_kind = jax.devices()[0].device_kind
   bar = None
   if progress and jax.process_index() == 0:
     bar = tqdm(total=num_steps, initial=start, desc="train", unit="step")
@@ -110,20 +101,21 @@ def fit(trainer: Trainer, state: dict[str, Any], data: Iterator[dict[str, np.nda
       batch = next(data)
       if profile_steps and step == start + 1:
         jax.profiler.start_trace(profile_dir)
-      t0 = time.perf_counter()
       state, metrics = trainer.step(state, batch)
       if profile_steps and step == min(start + profile_steps, num_steps - 1) > start:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
       if (step + 1) % log_every == 0 or step + 1 == num_steps:
+        seconds = timer.lap(step + 1, metrics)
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        dt = time.perf_counter() - t0
         host["bad_steps"] = int(jax.device_get(state["bad_steps"]))
-        host["step_time_s"] = dt
-        if tokens_per_step:
-          host["tokens_per_s"] = tokens_per_step / dt
-        if flops_per_step and peak:
-          host["mfu"] = flops_per_step / dt / (peak * jax.device_count())
+        if seconds is not None and step_flops is not None:
+          figures = throughput.report(step_flops, seconds, jax.device_count(), device_kind)
+          host.update({k: v for k, v in figures.items() if v is not None})
+        elif seconds is not None:
+          host["step_time_s"] = seconds
+          if tokens_per_step:
+            host["tokens_per_s"] = tokens_per_step / seconds
         if writer:
           writer.write(step + 1, host)
         if history is not None:
@@ -143,6 +135,7 @@ def fit(trainer: Trainer, state: dict[str, Any], data: Iterator[dict[str, np.nda
       if checkpointer and save_every and (step + 1) % save_every == 0:
         checkpointer.save(step + 1, state, data)
         saved_at = step + 1
+        timer.reset()  # the save's pause is not a step
       # Every host leaves at the same step (a SIGTERM may reach only one of them).
       if parallel.any_process(preemption.requested):
         log.warning("SIGTERM: saving step %d before exit", step + 1)
@@ -166,12 +159,6 @@ def write_results(workdir: str, history: list[dict], summary: dict[str, Any]) ->
       f.writelines(json.dumps(h) + "\n" for h in history)
     with open(os.path.join(workdir, "train_summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
-
-
-def tokens_per_sample(model_cfg, latent_shape) -> int:
-  f, _, h, w = latent_shape
-  return (f // model_cfg.temporal_patch) * (h // model_cfg.patch_size) * (
-      w // model_cfg.patch_size) + model_cfg.max_text_seq_length
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -203,7 +190,6 @@ def run(config, workdir: str) -> dict[str, Any]:
                     lora_rank=config.lora.rank, lora_alpha=config.lora.alpha)
   trainer.check_batch(config.data.batch_size)
   first = dataset[0]  # one host batch: the shapes of every batch
-  _, f, c, h, w = first["latents"].shape
   spec = {k: jax.ShapeDtypeStruct((config.data.batch_size,) + np.shape(v)[1:], np.asarray(v).dtype)
           for k, v in first.items() if k in loaders.BATCH_KEYS}
   start = time.perf_counter()
@@ -212,9 +198,12 @@ def run(config, workdir: str) -> dict[str, Any]:
   print(f"{p.report()} (step compiled in {time.perf_counter() - start:.1f}s)", flush=True)
   memory.check_fits(p, remat=mc.remat, fsdp=mesh.shape["fsdp"],
                     batch_per_device=max(config.data.batch_size // jax.device_count(), 1))
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  # Analytic FLOPs (XLA's cost_analysis counts a scanned layer stack once, per device).
+  step_flops = throughput.train_step_flops(model.config, spec["latents"].shape,
+                                           int(spec["text_embeds"].shape[1]), remat=mc.remat)
+  hardware = "unknown" if step_flops.hardware is None else f"{step_flops.hardware / 1e12:.1f}"
+  print(f"model FLOPs per step {step_flops.model / 1e12:.1f} TFLOP (with remat recompute "
+        f"{hardware}), {step_flops.tokens} tokens", flush=True)
 
   iterator = loaders.make_iterator(dataset)
   checkpointer = TrainCheckpointer(os.path.join(workdir, "checkpoints"),
@@ -229,8 +218,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   try:
     state = fit(trainer, state, iterator, num_steps=num_steps, checkpointer=checkpointer,
                 save_every=config.checkpoint_every, log_every=config.log_every, writer=writer,
-                max_bad_steps=config.max_bad_steps, flops_per_step=flops or None,
-                tokens_per_step=config.data.batch_size * tokens_per_sample(model.config, (f, c, h, w)),
+                max_bad_steps=config.max_bad_steps, step_flops=step_flops,
                 history=history, profile_steps=config.get("profile_steps", 0),
                 profile_dir=os.path.join(workdir, "profile"))
   finally:

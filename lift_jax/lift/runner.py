@@ -10,6 +10,17 @@ interrupted one (the tools themselves resume: generate and score skip finished v
 restarts from its newest checkpoint). With `rounds: N` the generate → score → prepare → train
 stages repeat, each round starting from the previous round's fine-tuned transformer.
 
+`extra_stages` in the config adds stages of its own, each a `python -m MODULE` or a `tools/TOOL`
+run with ARGS, placed right after the stage it names (`after`: a stage name such as
+"round1/generate", an earlier extra stage, or "start"):
+
+  dict(name="control/train", after="round1/train", tool="train.py", args=[...],
+       summary="train_summary.json")   # a JSON file in the stage's folder, copied into DONE.json
+
+Their ARGS, `models.critic_lora` and the `report` block may name {workdir}, {dir} (the stage's own
+folder), {pipeline}, {critic}, {base_transformer}, {transformer} (the last round's fine-tuned
+one), {prompts}, {eval_prompts} and {seed}. `--stages` selects an extra stage by its name.
+
 λ, the real videos' weight, is the config's `real_weight` alone: prepare stores it as their
 reward and training weighs them by it. prepare also writes `data.json`, the scored set in LiFT's
 own layout (for its official trainer).
@@ -30,13 +41,14 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from lift_jax import demo_assets
+from lift_jax.demo import assets as demo_assets
 from lift_jax.lift import report
 from lift_jax.parallel import distributed
 
 # The folder lift_jax is imported from (the child processes import it from there too), and the
 # source checkout's root when running from one (relative stage configs may be found there).
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS = os.path.join(PACKAGE_PARENT, "tools")  # extra stages' scripts (a source checkout)
 STAGES = ("generate", "score", "prepare", "train", "eval_base", "eval_tuned", "report")
 DONE = "DONE.json"
 
@@ -64,10 +76,14 @@ def _flags(prefix: str, overrides: Sequence[str] | None) -> list[str]:
 
 
 def _tool(name: str, args: list[str], log_path: str, paths: Sequence[str] = ()) -> None:
-  """Runs `python -m lift_jax.stages.<name>` in a child process, teeing its output to `log_path`
-  (each host its own log: log.txt for process 0, log-<i>.txt for the others). `paths` go on the
-  child's import path (the config files' root, for configs importing each other)."""
-  cmd = [sys.executable, "-m", f"lift_jax.stages.{name}"] + args
+  """Runs a stage in a child process, teeing its output to `log_path` (each host its own log:
+  log.txt for process 0, log-<i>.txt for the others): `name` is a stage module of
+  lift_jax.stages ("generate"), any module ("pkg.mod", `python -m`), or a tools/ script ("x.py",
+  source checkout only). `paths` go on the child's import path (the config files' root)."""
+  if name.endswith(".py"):
+    cmd = [sys.executable, os.path.join(TOOLS, name)] + args
+  else:
+    cmd = [sys.executable, "-m", name if "." in name else f"lift_jax.stages.{name}"] + args
   index = distributed.process_index_from_env()
   if index:
     log_path = f"{os.path.splitext(log_path)[0]}-{index}.txt"
@@ -85,7 +101,12 @@ def _tool(name: str, args: list[str], log_path: str, paths: Sequence[str] = ()) 
         sys.stdout.write(f"  {line}")
     code = proc.wait()
   if code:
-    raise RuntimeError(f"{name} failed with exit code {code}; see {log_path}")
+    raise RuntimeError(f"{' '.join(cmd[1:3])} failed with exit code {code}; see {log_path}")
+
+
+def _module(module: str, args: list[str], log_path: str) -> None:
+  """Runs `python -m module` in a child process, like `_tool`."""
+  _tool(module, args, log_path)
 
 
 def _read_json(path: str) -> dict:
@@ -141,6 +162,7 @@ class Run:
       if sub and self.stage_config(sub) is None:
         raise ConfigError(f"config.{key}.config: {sub} does not exist (looked in "
                           f"{', '.join(self.config_roots)})")
+    self._check_extra_stages()
     if c.get("real") and not os.path.isfile(c.real):
       raise ConfigError(f"config.real: {c.real} does not exist")
     if any(o.split("=")[0].strip() == "loss.real_weight" for o in c.train.get("overrides") or ()):
@@ -159,6 +181,46 @@ class Run:
       if os.path.isfile(candidate):
         return os.path.abspath(candidate)
     return None
+
+  def _extra_specs(self) -> list[dict]:
+    return [dict(spec) for spec in (self.config.get("extra_stages") or ())]
+
+  def _check_extra_stages(self) -> None:
+    names = set()
+    for i, spec in enumerate(self._extra_specs()):
+      where = f"config.extra_stages[{i}]"
+      if not spec.get("name") or not spec.get("after"):
+        raise ConfigError(f"{where}: needs a name and an 'after' (the stage it follows)")
+      if bool(spec.get("module")) == bool(spec.get("tool")):
+        raise ConfigError(f"{where} ({spec['name']}): give exactly one of 'module' or 'tool'")
+      if spec.get("tool") and not os.path.isfile(os.path.join(TOOLS, spec["tool"])):
+        raise ConfigError(f"{where} ({spec['name']}): no tools/{spec['tool']}")
+      if spec["name"] in names or spec["name"] in STAGES:
+        raise ConfigError(f"{where}: stage name {spec['name']!r} is taken")
+      names.add(spec["name"])
+
+  def _vars(self, stage_dir: str = "") -> dict[str, str]:
+    """What extra stages' args, `models.critic_lora` and `report` may name (see the module doc)."""
+    c = self.config
+    rounds = int(c.get("rounds", 1))
+    return {"workdir": self.workdir, "dir": stage_dir, "pipeline": self.paths["pipeline"],
+            "critic": self.paths["critic"], "base_transformer": self.paths["transformer"],
+            "transformer": os.path.join(self._dir(f"round{rounds}/train"), "transformer"),
+            "prompts": c.prompts, "eval_prompts": c.eval_prompts, "seed": str(c.get("seed", 0))}
+
+  def _expand(self, value, stage_dir: str = ""):
+    """`value` (a string, or lists/dicts of them) with {workdir}-style names filled in."""
+    if isinstance(value, str):
+      try:
+        return value.format_map(self._vars(stage_dir))
+      except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"{value!r}: unknown name {err} (known: "
+                          f"{', '.join(sorted(self._vars()))})") from err
+    if isinstance(value, (list, tuple)):
+      return [self._expand(v, stage_dir) for v in value]
+    if hasattr(value, "items"):
+      return {k: self._expand(v, stage_dir) for k, v in value.items()}
+    return value
 
   def resolve_models(self, create: bool) -> None:
     """Model paths. For the demo the tiny models live under WORKDIR/assets; `create` builds them
@@ -199,7 +261,7 @@ class Run:
     if c.score.get("mode"):
       args.append(f"--mode={c.score.mode}")
     if c.models.get("critic_lora"):
-      args.append(f"--lora={c.models.critic_lora}")
+      args.append(f"--lora={self._expand(c.models.critic_lora)}")
     _tool("score", args + _flags("config.", c.score.get("overrides")),
           os.path.join(out, "log.txt"), self.import_paths)
     return {"scores": scores, "mean_reward": _mean_reward(scores)}
@@ -228,18 +290,32 @@ class Run:
                          f"{summary.get('num_steps')} (preempted?); re-run to resume")
     return summary
 
+  def _extra(self, spec: dict) -> dict:
+    out = self._dir(spec["name"])
+    os.makedirs(out, exist_ok=True)
+    args = [str(a) for a in self._expand(list(spec.get("args") or ()), out)]
+    log = os.path.join(out, "log.txt")
+    if spec.get("module"):
+      _module(spec["module"], args, log)
+    else:
+      _tool(spec["tool"], args, log)
+    summary = os.path.join(out, spec["summary"]) if spec.get("summary") else None
+    return _read_json(summary) if summary and os.path.isfile(summary) else {}
+
   def _report(self) -> dict:
     if not self.primary:
       return {}
     last = int(self.config.get("rounds", 1))
     out = os.path.join(self.workdir, "report.html")
+    extra = self._expand(self.config.get("report") or {})
     report.write_report(
-        out, config=self.config.to_dict(),
+        out, config=self.config.to_dict(), title=extra.pop("title", "LiFT run report"),
         scores_before=os.path.join(self._dir("eval_base/score"), "scores.jsonl"),
         scores_after=os.path.join(self._dir("eval_tuned/score"), "scores.jsonl"),
         manifest_before=os.path.join(self._dir("eval_base/generate"), "manifest.jsonl"),
         manifest_after=os.path.join(self._dir("eval_tuned/generate"), "manifest.jsonl"),
-        train_history=os.path.join(self._dir(f"round{last}/train"), "train_history.jsonl"))
+        train_history=os.path.join(self._dir(f"round{last}/train"), "train_history.jsonl"),
+        extra=extra)
     return {"report": out,
             "mean_reward_base": _mean_reward(os.path.join(self._dir("eval_base/score"),
                                                           "scores.jsonl")),
@@ -284,14 +360,23 @@ class Run:
               lambda: self._score("eval_tuned/score", tuned_manifest), needs=[tuned_manifest]),
         Stage("report", "report", self._report),
     ]
+    for spec in self._extra_specs():
+      names = [st.name for st in plan]
+      after = spec["after"]
+      if after != "start" and after not in names:
+        raise ConfigError(f"extra stage {spec['name']}: after={after!r} is not a stage "
+                          f"(stages: {', '.join(names)})")
+      at = 0 if after == "start" else names.index(after) + 1
+      plan.insert(at, Stage(spec["name"], spec["name"], lambda sp=spec: self._extra(sp)))
     return plan
 
   def run(self, only: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the (selected) stages in order; returns {stage: summary}."""
     if only:
-      unknown = sorted(set(only) - set(STAGES))
+      known = list(STAGES) + [spec.get("name") for spec in self._extra_specs()]
+      unknown = sorted(set(only) - set(known))
       if unknown:
-        raise ConfigError(f"unknown stages {unknown}; known: {', '.join(STAGES)}")
+        raise ConfigError(f"unknown stages {unknown}; known: {', '.join(known)}")
     self.validate()
     self.resolve_models(create=False)
     plan = [s for s in self.stages() if not only or s.kind in only]

@@ -41,6 +41,13 @@ REMAT_RECOMPUTE: dict[str, frozenset[str]] = {
     "none": frozenset(),
     "full": frozenset(BLOCK_PARTS),
     "dots": frozenset({"attention"}),
+    # Policies keeping attention's output and/or inputs by name (`layers/remat.py`). Keeping the
+    # output counts as sparing attention's forward: true for splash, whose residuals carry the
+    # name; XLA attention still recomputes its scores for its own backward.
+    "attention": frozenset(BLOCK_PARTS) - {"attention"},
+    "qkv": frozenset(BLOCK_PARTS) - {"qkv"},
+    "qkv_attention": frozenset(BLOCK_PARTS) - {"qkv", "attention"},
+    "dots_attention": frozenset(),
 }
 
 # Dense bf16 peak FLOP/s per device (no sparsity), matched against `jax.Device.device_kind`.

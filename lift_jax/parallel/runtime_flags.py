@@ -45,7 +45,7 @@ _GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_plugins.xla_cuda1
 
 
 def detect_platform(environ: MutableMapping[str, str] = os.environ) -> str:
-  """'tpu', 'gpu' or 'cpu', without starting a JAX backend: JAX_PLATFORMS, then installed plugins."""
+  """'tpu', 'gpu' or 'cpu' without starting a JAX backend: JAX_PLATFORMS, else installed plugins."""
   requested = environ.get("JAX_PLATFORMS", "").split(",")[0].strip().lower()
   if requested:
     return {"cuda": "gpu", "rocm": "gpu"}.get(requested, requested)
@@ -86,7 +86,7 @@ def apply(platform: str | None = None, *, memory_fraction: float | None = None,
       merged = merge_flags(environ.get(variable, ""), flags)
       if merged != environ.get(variable, ""):
         changed[variable] = merged
-  if changed and _backend_started():
+  if changed and environ is os.environ and _backend_started():
     warnings.warn(f"JAX's backend is already running, so {sorted(changed)} take effect only in "
                   f"new processes; call lift_jax.runtime.setup() before using JAX", RuntimeWarning)
   environ.update(changed)

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import numpy as np
 from absl import flags
+from flax import nnx
 from tqdm import tqdm
 
 from lift_jax import parallel, runtime
@@ -43,10 +44,12 @@ from lift_jax.data import lift_files
 from lift_jax.data import records as records_lib
 from lift_jax.data import video as video_lib
 from lift_jax.lift import reward as reward_lib
+from lift_jax.lift.memory import device_capacity
 from lift_jax.models.critic import scoring
-from lift_jax.models.critic.vila import Critic
+from lift_jax.models.critic.vila import Critic, VilaCritic, vila_config
 from lift_jax.models.critic.vocabulary import LABELS, QUESTION_KEYS, strictly_readable
 from lift_jax.stages import cli, shards
+from lift_jax.parallel import serving
 
 log = logging.getLogger(__name__)
 
@@ -471,6 +474,24 @@ def make_mesh(axes: dict):
   return mesh if mesh.size > 1 else None
 
 
+def plan_mesh(cfg, path: str, mode: str):
+  """`parallelism=auto`: replicas if the critic fits one device, else tensor parallelism
+  (`parallel.serving`); returns (mesh or None, batch_videos, the plan's report)."""
+  c = cfg.critic
+  vc = vila_config(path, template=c.template, dtype=c.dtype, param_dtype=c.param_dtype or c.dtype,
+                   remat=c.remat, attention_impl=c.attention_impl)
+  prompt = serving.bucket_length(vc.num_video_frames * vc.tokens_per_frame + 256)
+  new_tokens = int(cfg.sampling.max_new_tokens) if mode == "generate" else 1
+  plan = serving.plan_decoder(
+      serving.model_bytes(lambda: VilaCritic(vc, rngs=nnx.Rngs(0))), vc.llm,
+      rows=3 * cfg.batch_videos, tokens=prompt + new_tokens, itemsize=np.dtype(c.dtype).itemsize,
+      num_devices=jax.device_count(), capacity_bytes=device_capacity())
+  batch_videos = serving.whole_rows(int(cfg.batch_videos), plan.axes["data"], 3)
+  mesh = parallel.make_mesh(plan.axes)
+  report = plan.report("critic") + f"; batch_videos {batch_videos} ({3 * batch_videos} prompts)"
+  return (mesh if mesh.size > 1 else None), batch_videos, report
+
+
 def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: str | None = None,
         mode: str | None = None, overwrite: bool = False, progress: bool = True,
         video_root: str | None = None) -> dict:
@@ -485,13 +506,18 @@ def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: s
   rewards = reward_lib.RewardConfig.from_config(cfg.reward)
   sampling = scoring.sampling_settings(cfg.sampling)  # fail on bad settings before loading
   read_inputs(manifest, video_root)  # and on a bad input list
-  mesh = make_mesh(cfg.mesh.to_dict())
+  batch_videos = cfg.batch_videos
+  if cfg.get("parallelism", "mesh") == "auto":
+    mesh, batch_videos, report = plan_mesh(cfg, path, mode)
+    print(report, file=sys.stderr, flush=True)  # stdout carries the JSON summary
+  else:
+    mesh = make_mesh(cfg.mesh.to_dict())
   critic = Critic.load(path, lora or cfg.critic.lora, template=cfg.critic.template,
                        dtype=cfg.critic.dtype, param_dtype=cfg.critic.param_dtype,
                        attention_impl=cfg.critic.attention_impl, remat=cfg.critic.remat,
                        mesh=mesh, progress=progress)
   scorer = Scorer(critic, mode, reward_config=rewards, sampling=sampling,
-                  batch_videos=cfg.batch_videos, seed=cfg.seed)
+                  batch_videos=batch_videos, seed=cfg.seed)
   with parallel.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     summary = score_manifest(scorer, manifest, out, overwrite=overwrite, progress=progress,
                              read_workers=cfg.get("read_workers", 2), video_root=video_root,

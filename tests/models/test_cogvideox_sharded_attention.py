@@ -27,7 +27,8 @@ TINY = dict(num_attention_heads=4, attention_head_dim=16, num_layers=2, text_emb
 
 def _inputs(batch=4):
   keys = jax.random.split(jax.random.key(0), 3)
-  return (jax.random.normal(keys[0], (batch, 2, 4, 6, 6)), jax.random.normal(keys[1], (batch, 7, 24)),
+  return (jax.random.normal(keys[0], (batch, 2, 4, 6, 6)),
+          jax.random.normal(keys[1], (batch, 7, 24)),
           jax.random.uniform(keys[2], (batch,), maxval=999.0))
 
 

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from transformers import SiglipVisionModel as HFSiglipVisionModel
 
 from lift_jax import parallel
 from lift_jax.checkpoint.safetensors import CheckpointError, write_safetensors
-from lift_jax.models import critic
+from lift_jax.models import convert, critic
 from lift_jax.models.critic import prompts
 from tests.models.test_llama import VOCAB, byte_tokenizer
 from tests.reference import perturb_, rel_err
@@ -349,6 +350,19 @@ def test_converted_roundtrip_keeps_tokenizer(ref, tmp_path):
   assert back.model.config == c.model.config and back.template.name == "vicuna_v1"
   a = back.first_token_logits(ref["videos"], CAPTIONS, "motion issues")
   b = c.first_token_logits(ref["videos"], CAPTIONS, "motion issues")
+  np.testing.assert_array_equal(a, b)
+
+
+def test_convert_kind_streams_the_critic_with_its_tokenizer(ref, tmp_path):
+  """`convert_checkpoint --kind vila-critic` (the spec's streaming convert) equals load + save."""
+  dst = str(tmp_path / "streamed")
+  summary = convert.convert("vila-critic", ref["folder"], dst, progress=False)
+  assert summary["parameters"] == sum(
+      x.size for x in jax.tree.leaves(nnx.state(ref["critic"].model, nnx.Param)))
+  assert os.path.isdir(os.path.join(dst, "tokenizer"))
+  back = critic.Critic.load(dst)
+  a = back.first_token_logits(ref["videos"], CAPTIONS, "motion issues")
+  b = ref["critic"].first_token_logits(ref["videos"], CAPTIONS, "motion issues")
   np.testing.assert_array_equal(a, b)
 
 

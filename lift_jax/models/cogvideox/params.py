@@ -4,7 +4,7 @@ and its checkpoint spec `SPEC` (what `load_transformer` / `convert_checkpoint` u
 from __future__ import annotations
 
 from lift_jax.checkpoint.spec import ModelSpec
-from lift_jax.checkpoint.tables import Rule, identity, linear
+from lift_jax.checkpoint.tables import Rule, head_bias, heads_in, heads_out, identity, linear
 from lift_jax.models.cogvideox.modeling import CogVideoXConfig, CogVideoXTransformer3D
 
 
@@ -19,12 +19,9 @@ def transformer_rules(cfg: CogVideoXConfig) -> list[Rule]:
   else:  # Linear [D, C·pt·p·p], features (c, pt, ph, pw)
     patch = lambda w: w.T.reshape(c, pt, p, p, d)
     patch_inv = lambda k: k.reshape(c * pt * p * p, d).T
-  to_heads = lambda w: w.T.reshape(d, n, h)
-  to_heads_inv = lambda k: k.reshape(d, n * h).T
-  from_heads = lambda w: w.T.reshape(n, h, d)
-  from_heads_inv = lambda k: k.reshape(n * h, d).T
-  head_bias = lambda b: b.reshape(n, h)
-  flat = lambda v: v.reshape(-1)
+  to_heads, to_heads_inv = heads_in(d, n, h)
+  from_heads, from_heads_inv = heads_out(n, h, d)
+  bias, flat = head_bias(n, h)
   proj_out = lambda w: w.T.reshape(d, cfg.out_channels, pt, p, p)
   proj_out_inv = lambda k: k.reshape(d, -1).T
 
@@ -56,7 +53,7 @@ def transformer_rules(cfg: CogVideoXConfig) -> list[Rule]:
     rules += [Rule(f"{blk}.attn1.{proj}.weight", f"{dst}.attn1.{proj}.kernel", to_heads,
                    to_heads_inv)]
     if cfg.attention_bias:
-      rules += [Rule(f"{blk}.attn1.{proj}.bias", f"{dst}.attn1.{proj}.bias", head_bias, flat)]
+      rules += [Rule(f"{blk}.attn1.{proj}.bias", f"{dst}.attn1.{proj}.bias", bias, flat)]
   rules += [Rule(f"{blk}.attn1.to_out.0.weight", f"{dst}.attn1.to_out.kernel", from_heads,
                  from_heads_inv),
             Rule(f"{blk}.attn1.to_out.0.bias", f"{dst}.attn1.to_out.bias"),

@@ -26,20 +26,15 @@ from lift_jax.models import llama as llama_lib
 from lift_jax.models.critic import prompts
 from lift_jax.models.critic.modeling import VilaConfig, VilaCritic
 from lift_jax.models.critic.params import load_critic, load_tokenizer
+from lift_jax.models.critic.vocabulary import sample_frame_indices
+from lift_jax.parallel import serving
 
 # Sampling of LiFT's run_critic_*.py: temperature 0.2, no top_p, transformers' default top_k 50.
 LIFT_SAMPLING = dict(temperature=0.2, top_k=50, top_p=1.0, max_new_tokens=512)
 
 
-def sample_frame_indices(num_frames_in_video: int, num: int = prompts.NUM_FRAMES) -> np.ndarray:
-  """`np.linspace(0, n - 1, num, dtype=int)`, VILA's `opencv_extract_frames` (repeats when n < num)."""
-  if num_frames_in_video < 1:
-    raise ValueError("the video has no frames")
-  return np.linspace(0, num_frames_in_video - 1, num, dtype=int)
-
-
 def sample_frames(video: np.ndarray, num: int = prompts.NUM_FRAMES) -> np.ndarray:
-  """`[N,H,W,3]` uint8 RGB frames -> the `num` frames the critic sees."""
+  """`[N,H,W,3]` uint8 RGB frames -> the `num` frames the critic sees (`vocabulary`'s sampling)."""
   video = np.asarray(video)
   if video.ndim != 4 or video.shape[-1] != 3:
     raise ValueError(f"video must be [frames, H, W, 3] RGB, got {video.shape}")
@@ -57,11 +52,13 @@ class PromptBatch:
 
 
 def build_batch(tokenizer, texts: Sequence[str], video_index: Sequence[int], *, num_frames: int,
-                tokens_per_frame: int, pad_to_multiple: int = 8) -> PromptBatch:
+                tokens_per_frame: int, pad_to_multiple: int = 8,
+                bucket: bool = True) -> PromptBatch:
   """Tokenizes prompts (`prompts.tokenize_prompt`) and expands each `<image>` into its slots.
 
   The k-th `<image>` of prompt b is frame k of video `video_index[b]`. The length is rounded up to
-  `pad_to_multiple` so nearby prompt lengths share one compiled program.
+  its bucket (`parallel.serving.bucket_length`), so a scoring run compiles a bounded number of
+  programs; `bucket=False`: only to a multiple of `pad_to_multiple`.
   """
   if len(texts) != len(video_index):
     raise ValueError(f"{len(texts)} prompts but {len(video_index)} video indices")
@@ -85,6 +82,7 @@ def build_batch(tokenizer, texts: Sequence[str], video_index: Sequence[int], *, 
     rows.append((tok, slot))
   length = max(len(t) for t, _ in rows)
   length = -(-length // pad_to_multiple) * pad_to_multiple
+  length = serving.bucket_length(length) if bucket else length
   b = len(rows)
   token_ids = np.zeros((b, length), np.int32)
   image_slots = np.full((b, length), -1, np.int32)
@@ -109,9 +107,14 @@ def _last_logits(model: VilaCritic, px, ids, slots, mask):
 class Critic:
   """A loaded critic with its tokenizer and conversation template (see the module doc)."""
 
+  bucket_prompts = True  # round prompt lengths up to buckets (bounded compiles; False: exact)
+
   def __init__(self, model: VilaCritic, tokenizer, template: str | None = None):
     self.model = model
     self.tokenizer = tokenizer
+    # Read once: scoring threads ask for it while the model runs, and NNX modules are not safe to
+    # read from another thread then ("'VilaCritic' object has no attribute 'config'").
+    self._config = model.config
     self.template = prompts.get_template(template or model.config.template)
 
   @classmethod
@@ -122,7 +125,7 @@ class Critic:
 
   @property
   def config(self) -> VilaConfig:
-    return self.model.config
+    return self._config
 
   @property
   def stop_strings(self) -> list[str]:
@@ -155,7 +158,7 @@ class Critic:
     return build_batch(self.tokenizer, texts,
                        list(range(len(texts))) if video_index is None else video_index,
                        num_frames=self.config.num_video_frames,
-                       tokens_per_frame=self.config.tokens_per_frame)
+                       tokens_per_frame=self.config.tokens_per_frame, bucket=self.bucket_prompts)
 
   def first_token_logits(self, videos, captions: Sequence[str], questions: Sequence[str] | str,
                          video_index: Sequence[int] | None = None) -> np.ndarray:

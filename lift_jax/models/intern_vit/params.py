@@ -20,7 +20,7 @@ import re
 import numpy as np
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
 from lift_jax.checkpoint.spec import ModelSpec
-from lift_jax.checkpoint.tables import Rule, identity, linear
+from lift_jax.checkpoint.tables import Rule, heads_out, identity, linear
 from lift_jax.checkpoint.views import StripPrefix
 from lift_jax.files import read_json
 from lift_jax.models.intern_vit.modeling import InternVisionConfig, InternVisionModel
@@ -51,8 +51,7 @@ def vision_rules(cfg: InternVisionConfig) -> list[Rule]:
       # [3·N·H, D] (q rows, then k, then v) -> [D, 3, N, H]
       Rule(f"{blk}.attn.qkv.weight", f"{dst}.attn.qkv.kernel", lambda w: w.T.reshape(d, 3, n, h),
            lambda k: k.reshape(d, 3 * n * h).T),
-      Rule(f"{blk}.attn.proj.weight", f"{dst}.attn.o.kernel", lambda w: w.T.reshape(n, h, d),
-           lambda k: k.reshape(n * h, d).T),
+      Rule(f"{blk}.attn.proj.weight", f"{dst}.attn.o.kernel", *heads_out(n, h, d)),
       Rule(f"{blk}.attn.proj.bias", f"{dst}.attn.o.bias", identity),
       Rule(f"{blk}.ls1", f"{dst}.ls1"),
       Rule(f"{blk}.ls2", f"{dst}.ls2"),

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from lift_jax.checkpoint.spec import ModelSpec
-from lift_jax.checkpoint.tables import Rule, identity, linear
+from lift_jax.checkpoint.tables import Rule, head_bias, heads_in, heads_out, identity, linear
 from lift_jax.models.llama.modeling import LlamaConfig, LlamaForCausalLM
 SUBFOLDER = "llm"
 IGNORED = ("model.layers.*.self_attn.rotary_emb.inv_freq",)
@@ -18,12 +18,9 @@ IGNORED = ("model.layers.*.self_attn.rotary_emb.inv_freq",)
 def llama_rules(cfg: LlamaConfig) -> list[Rule]:
   """One row per transformers key; `{i}` rows fill the stacked layer parameters."""
   d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-  q_heads = lambda w: w.T.reshape(d, n, h)  # [N·H, D] -> [D, N, H]
-  kv_heads = lambda w: w.T.reshape(d, k, h)  # [K·H, D] -> [D, K, H]
-  from_heads = lambda w: w.T.reshape(n, h, d)  # [D, N·H] -> [N, H, D]
-  heads_inv = lambda x: x.reshape(d, -1).T  # [D, N, H] -> [N·H, D], also for the K heads
-  from_heads_inv = lambda x: x.reshape(n * h, d).T
-  flat = lambda b: b.reshape(-1)
+  q_heads = heads_in(d, n, h)
+  kv_heads = heads_in(d, k, h)  # grouped-query: K key/value heads
+  from_heads = heads_out(n, h, d)
   blk, dst = "model.layers.{i}", "layers.layers"
   rules = [
       Rule("model.embed_tokens.weight", "embed_tokens", identity),
@@ -31,22 +28,18 @@ def llama_rules(cfg: LlamaConfig) -> list[Rule]:
       Rule(f"{blk}.input_layernorm.weight", f"{dst}.input_layernorm.scale", identity),
       Rule(f"{blk}.post_attention_layernorm.weight", f"{dst}.post_attention_layernorm.scale",
            identity),
-      Rule(f"{blk}.self_attn.q_proj.weight", f"{dst}.attn.q.kernel", q_heads, heads_inv),
-      Rule(f"{blk}.self_attn.k_proj.weight", f"{dst}.attn.k.kernel", kv_heads, heads_inv),
-      Rule(f"{blk}.self_attn.v_proj.weight", f"{dst}.attn.v.kernel", kv_heads, heads_inv),
-      Rule(f"{blk}.self_attn.o_proj.weight", f"{dst}.attn.o.kernel", from_heads,
-           from_heads_inv),
+      Rule(f"{blk}.self_attn.q_proj.weight", f"{dst}.attn.q.kernel", *q_heads),
+      Rule(f"{blk}.self_attn.k_proj.weight", f"{dst}.attn.k.kernel", *kv_heads),
+      Rule(f"{blk}.self_attn.v_proj.weight", f"{dst}.attn.v.kernel", *kv_heads),
+      Rule(f"{blk}.self_attn.o_proj.weight", f"{dst}.attn.o.kernel", *from_heads),
       Rule(f"{blk}.mlp.gate_proj.weight", f"{dst}.mlp.gate.kernel", linear),
       Rule(f"{blk}.mlp.up_proj.weight", f"{dst}.mlp.up.kernel", linear),
       Rule(f"{blk}.mlp.down_proj.weight", f"{dst}.mlp.down.kernel", linear),
   ]
   if cfg.attention_bias:
-    rules += [Rule(f"{blk}.self_attn.q_proj.bias", f"{dst}.attn.q.bias", lambda b: b.reshape(n, h),
-                   flat),
-              Rule(f"{blk}.self_attn.k_proj.bias", f"{dst}.attn.k.bias", lambda b: b.reshape(k, h),
-                   flat),
-              Rule(f"{blk}.self_attn.v_proj.bias", f"{dst}.attn.v.bias", lambda b: b.reshape(k, h),
-                   flat),
+    rules += [Rule(f"{blk}.self_attn.q_proj.bias", f"{dst}.attn.q.bias", *head_bias(n, h)),
+              Rule(f"{blk}.self_attn.k_proj.bias", f"{dst}.attn.k.bias", *head_bias(k, h)),
+              Rule(f"{blk}.self_attn.v_proj.bias", f"{dst}.attn.v.bias", *head_bias(k, h)),
               Rule(f"{blk}.self_attn.o_proj.bias", f"{dst}.attn.o.bias", identity)]
   if cfg.mlp_bias:
     rules += [Rule(f"{blk}.mlp.{p}_proj.bias", f"{dst}.mlp.{p}.bias", identity)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from lift_jax.checkpoint.safetensors import WeightFolder
 from lift_jax.checkpoint.spec import ModelSpec
-from lift_jax.checkpoint.tables import Rule, identity, linear
+from lift_jax.checkpoint.tables import Rule, head_bias, heads_in, heads_out, identity, linear
 from lift_jax.checkpoint.views import StripPrefix
 from lift_jax.models.siglip.modeling import SiglipVisionConfig, SiglipVisionModel
 PREFIX = "vision_model."
@@ -22,12 +22,9 @@ IGNORED = ("head.*", "text_model.*", "logit_scale", "logit_bias")
 def vision_rules(cfg: SiglipVisionConfig) -> list[Rule]:
   """One row per (prefix-free) transformers key; `{i}` rows fill the stacked layers."""
   d, n, h = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
-  to_heads = lambda w: w.T.reshape(d, n, h)  # [N·H, D] -> [D, N, H]
-  to_heads_inv = lambda k: k.reshape(d, n * h).T
-  from_heads = lambda w: w.T.reshape(n, h, d)  # [D, N·H] -> [N, H, D]
-  from_heads_inv = lambda k: k.reshape(n * h, d).T
-  head_bias = lambda b: b.reshape(n, h)
-  flat = lambda b: b.reshape(-1)
+  to_heads, to_heads_inv = heads_in(d, n, h)
+  from_heads, from_heads_inv = heads_out(n, h, d)
+  bias, flat = head_bias(n, h)
   blk, dst = "encoder.layers.{i}", "blocks.layers"
   rules = [
       Rule("embeddings.patch_embedding.weight", "patch_embedding.kernel",
@@ -44,7 +41,7 @@ def vision_rules(cfg: SiglipVisionConfig) -> list[Rule]:
   for src, ours in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v")):
     rules += [Rule(f"{blk}.self_attn.{src}.weight", f"{dst}.attn.{ours}.kernel", to_heads,
                    to_heads_inv),
-              Rule(f"{blk}.self_attn.{src}.bias", f"{dst}.attn.{ours}.bias", head_bias, flat)]
+              Rule(f"{blk}.self_attn.{src}.bias", f"{dst}.attn.{ours}.bias", bias, flat)]
   rules += [Rule(f"{blk}.self_attn.out_proj.weight", f"{dst}.attn.o.kernel", from_heads,
                  from_heads_inv),
             Rule(f"{blk}.self_attn.out_proj.bias", f"{dst}.attn.o.bias", identity)]

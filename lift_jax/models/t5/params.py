@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from lift_jax.checkpoint.safetensors import CheckpointError, WeightFolder
 from lift_jax.checkpoint.spec import ModelSpec
-from lift_jax.checkpoint.tables import Rule, identity, linear
+from lift_jax.checkpoint.tables import Rule, heads_in, heads_out, identity, linear
 from lift_jax.models.t5.modeling import T5Config, T5Encoder
 SUBFOLDER = "text_encoder"
 SHARED = "shared.weight"
@@ -24,10 +24,8 @@ IGNORED = ("decoder.*", "lm_head.weight")
 def encoder_rules(cfg: T5Config) -> list[Rule]:
   """One row per transformers key; `{i}` rows fill the stacked block parameters layer by layer."""
   d, n, h = cfg.d_model, cfg.num_heads, cfg.d_kv
-  to_heads = lambda w: w.T.reshape(d, n, h)  # [N·H, D] -> [D, N, H]
-  to_heads_inv = lambda k: k.reshape(d, n * h).T
-  from_heads = lambda w: w.T.reshape(n, h, d)  # [D, N·H] -> [N, H, D]
-  from_heads_inv = lambda k: k.reshape(n * h, d).T
+  to_heads, to_heads_inv = heads_in(d, n, h)
+  from_heads, from_heads_inv = heads_out(n, h, d)
   blk, dst = "encoder.block.{i}.layer", "blocks.layers"
   rules = [
       Rule(SHARED, "shared", identity),

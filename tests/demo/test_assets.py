@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lift_jax import demo_assets
+from lift_jax.demo import assets as demo_assets
 from lift_jax.diffusion.schedule import NoiseSchedule
 from lift_jax.models import cogvideox, critic, t5
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CREATE = """
 import json, sys
-from lift_jax.demo_assets import make_demo_assets
+from lift_jax.demo.assets import make_demo_assets
 paths = make_demo_assets(sys.argv[1], seed=0)
 assert "torch" not in sys.modules, "creating the demo assets imported torch"
 print(json.dumps(paths))

@@ -1,0 +1,55 @@
+"""The demo's plan: the runner places the config's extra stages where they say and fills in
+their paths; a malformed extra stage is named before any work."""
+
+import pytest
+
+from configs import demo
+from lift_jax.lift import runner
+
+
+def _plan(tmp_path, **changes):
+  c = demo.get_config()
+  for k, v in changes.items():
+    c[k] = v
+  run = runner.Run(c, str(tmp_path / "w"))
+  run.validate()
+  run.resolve_models(create=False)
+  return run, run.stages()
+
+
+def test_demo_stages_in_order_with_paths_filled_in(tmp_path):
+  run, plan = _plan(tmp_path)
+  names = [s.name for s in plan]
+  assert names == ["round1/generate", "rate", "critic_sft", "round1/score", "round1/prepare",
+                   "round1/train", "control/train", "eval_base/generate", "eval_base/score",
+                   "eval_tuned/generate", "eval_tuned/score", "eval_control/generate",
+                   "eval_control/score", "rater_eval", "report"]
+  work = str(tmp_path / "w")
+  spec = {s["name"]: s for s in run._extra_specs()}
+  args = run._expand(spec["critic_sft"]["args"], f"{work}/critic_sft")
+  assert f"--config.data.manual_dir={work}/rate" in args
+  assert f"--config.data.dir={work}/critic_sft/hra" in args
+  assert f"--config.critic.path={run.paths['critic']}" in args
+  control = run._expand(spec["control/train"]["args"], f"{work}/control/train")
+  assert "--config.loss.mode=plain" in control
+  assert f"--config.model.transformer={run.paths['transformer']}" in control
+  # The plain control trains exactly as the reward-weighted run does, weights aside.
+  assert [a for a in control if a.startswith("--config.") and "loss.mode" not in a
+          and "model.transformer" not in a and "data.dir" not in a] == [
+              f"--config.{o}" for o in run.config.train.overrides]
+  assert run._expand(run.config.models.critic_lora) == f"{work}/critic_sft/adapter"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(name="x", after="nowhere", module="m"), "after='nowhere' is not a stage"),
+    (dict(name="x", after="rate", module="m", tool="train.py"), "exactly one of"),
+    (dict(name="report", after="rate", module="m"), "is taken"),
+    (dict(name="x", after="rate", tool="nope.py"), "no tools/nope.py"),
+    (dict(name="x", after="rate", module="m", args=["{nothing}"]), "unknown name"),
+])
+def test_bad_extra_stage_is_named(tmp_path, bad, message):
+  c = demo.get_config()
+  stages = list(c.extra_stages) + [bad]
+  with pytest.raises(runner.ConfigError, match=message):
+    run, plan = _plan(tmp_path, extra_stages=stages)
+    run._extra_specs() and [run._expand(s.get("args") or []) for s in run._extra_specs()]
