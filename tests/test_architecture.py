@@ -23,8 +23,6 @@ ALLOWED = {
     "data": BASE | {"layers", "checkpoint", "models"},
     "diffusion": BASE | {"layers", "checkpoint", "models"},
     "lift": BASE | {"layers", "checkpoint", "models", "data", "diffusion", "demo_assets"},
-    "stages": BASE | {"layers", "checkpoint", "models", "data", "diffusion", "lift",
-                      "demo_assets"},
     "demo_assets": BASE | {"layers", "checkpoint", "models"},
     "stages": BASE | {"layers", "checkpoint", "models", "data", "diffusion", "lift",
                       "demo_assets"},
