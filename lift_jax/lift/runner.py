@@ -34,6 +34,7 @@ The next stage's start-up waits for every host, so no host reads what process 0 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import subprocess
@@ -41,7 +42,6 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from lift_jax.demo import assets as demo_assets
 from lift_jax.lift import report
 from lift_jax.parallel import distributed
 
@@ -138,8 +138,11 @@ class Run:
     # Config files import each other as `configs.<name>`: their root goes on the children's path.
     self.import_paths = [os.path.dirname(here)] if here else []
     self.paths: dict[str, str] = {}
-    # The demo creates its own tiny models (an empty `demo_assets` block means the defaults).
-    self.demo = config.get("demo_assets") is not None
+    # A run may create its own models (the demo's tiny ones): `model_factory.module` names a
+    # module with `make_models(root, seed, config)` and `model_paths(root)`, each giving at least
+    # {"pipeline", "critic"}; `model_factory.settings` is its config.
+    factory = config.get("model_factory")
+    self.factory = importlib.import_module(factory.module) if factory else None
 
   # --------------------------------------------------------------------- config and inputs
 
@@ -168,7 +171,7 @@ class Run:
     if any(o.split("=")[0].strip() == "loss.real_weight" for o in c.train.get("overrides") or ()):
       raise ConfigError("config.train.overrides sets loss.real_weight: λ is config.real_weight "
                         "(prepare stores it with the real videos, and training reads it there)")
-    if not self.demo:
+    if self.factory is None:
       for key in ("pipeline", "critic"):
         path = c.models.get(key)
         if not path or not os.path.exists(path):
@@ -223,17 +226,17 @@ class Run:
     return value
 
   def resolve_models(self, create: bool) -> None:
-    """Model paths. For the demo the tiny models live under WORKDIR/assets; `create` builds them
-    (in their upstream layouts) once every input check has passed."""
+    """Model paths. Models made by the config's `model_factory` (the demo's tiny ones) live under
+    WORKDIR/assets; `create` builds them once every input check has passed."""
     c = self.config
-    if self.demo:
+    if self.factory is not None:
       root = os.path.join(self.workdir, "assets")
       if create and self.primary:  # the other hosts' first stage waits for process 0's
-        demo_assets.make_demo_assets(
+        self.factory.make_models(
             root, seed=c.get("seed", 0),
-            config={**c.demo_assets.to_dict(), "prompts": [c.prompts, c.eval_prompts]})
-      self.paths.update(pipeline=os.path.join(root, demo_assets.PIPELINE_DIR),
-                        critic=os.path.join(root, demo_assets.CRITIC_DIR))
+            config={**c.model_factory.settings.to_dict(), "prompts": [c.prompts, c.eval_prompts]})
+      made = self.factory.model_paths(root)
+      self.paths.update(pipeline=made["pipeline"], critic=made["critic"])
     else:
       self.paths.update(pipeline=c.models.pipeline, critic=c.models.critic)
     self.paths["transformer"] = os.path.join(self.paths["pipeline"], "transformer")
