@@ -33,7 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.rounds = 1
   c.prompts = os.path.join(HERE, "prompts", "demo_train.txt")
   c.eval_prompts = os.path.join(HERE, "prompts", "demo_eval.txt")
-  c.demo_assets = ml_collections.ConfigDict()  # tiny model sizes; empty = the defaults
+  # The tiny models, made under WORKDIR/assets by the world's model factory (settings: their
+  # sizes; empty = the defaults).
+  c.model_factory = ml_collections.ConfigDict(
+      {"module": "lift_jax.demo.assets", "settings": ml_collections.ConfigDict()})
   c.models = ml_collections.ConfigDict(dict(
       pipeline=ml_collections.config_dict.placeholder(str),
       critic=ml_collections.config_dict.placeholder(str),

@@ -22,10 +22,10 @@ ALLOWED = {
     "models": BASE | {"layers", "checkpoint"},
     "data": BASE | {"layers", "checkpoint", "models"},
     "diffusion": BASE | {"layers", "checkpoint", "models"},
-    "lift": BASE | {"layers", "checkpoint", "models", "data", "diffusion", "demo_assets"},
-    "stages": BASE | {"layers", "checkpoint", "models", "data", "diffusion", "lift",
-                      "demo_assets"},
-    "demo_assets": BASE | {"layers", "checkpoint", "models"},
+    "lift": BASE | {"layers", "checkpoint", "models", "data", "diffusion"},
+    "stages": BASE | {"layers", "checkpoint", "models", "data", "diffusion", "lift"},
+    # The demo's world is an application on top: it uses the library, nothing imports it.
+    "demo": BASE | {"layers", "checkpoint", "models", "data", "diffusion", "lift", "stages"},
 }
 
 

@@ -103,7 +103,7 @@ def restore_model(path: str, make_model: Callable[[], nnx.Module], *, mesh: Mesh
   """Restores a converted checkpoint straight onto the shards of `mesh` (default: one device)."""
   meta = read_meta(path)
   graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
-  mesh = mesh or mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
+  mesh = mesh or mesh_lib.make_mesh({"data": 1}, jax.local_devices()[:1])  # this host's
   shardings = mesh_lib.param_shardings(abstract_state, mesh, rules)
   flat_state = nnx.to_flat_state(abstract_state)
   dotted = lambda p: ".".join(str(getattr(k, "key", k)) for k in p)

@@ -151,7 +151,7 @@ def stream_from_table(abstract_state: nnx.State, folder: WeightFolder, rules: Se
   """
   variables = flat_variables(abstract_state)
   check_table(folder, rules, variables, ignore)
-  mesh = mesh or mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
+  mesh = mesh or mesh_lib.make_mesh({"data": 1}, jax.local_devices()[:1])  # this host's
   shardings = flat_variables(mesh_lib.param_shardings(abstract_state, mesh, rules_logical))
   iterator = tqdm(rules, desc="loading", unit="param") if progress else rules
   for rule in iterator:

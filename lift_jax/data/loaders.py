@@ -7,9 +7,13 @@
 
 Per step the transform draws z = mean + exp(logvar/2)·ε and multiplies by the VAE scaling factor,
 as LiFT's trainer does with `latent_dist.sample() * scaling_factor`, then permutes to the
-transformer layout [F, C, H, W]. ε depends only on (seed, process index, element index), where
-the element index on a host is step·batch_size + position in the batch, so a resumed run sees
-exactly the samples an uninterrupted one would have.
+transformer layout [F, C, H, W]. ε depends only on (seed, element index), where the element index
+is the position in the one global stream, so a resumed run sees exactly the samples an
+uninterrupted one would have.
+
+Several hosts: every host builds the same global stream (shuffle and mix over all records) and
+takes its rows of each global batch (host p of P: local batches p, p + P, ...), so the global
+batches, and the training, do not depend on the number of hosts.
 
 Resuming: the iterator is a `grain.DatasetIterator`; `it.get_state()` / `it.set_state(state)` is a
 small JSON-able dict, and orbax saves it beside the train state (one file per process):
@@ -116,7 +120,8 @@ def make_dataset(data, *, batch_size: int, seed: int = 0, real_fraction: float |
     The splits are interleaved deterministically in that ratio, each shuffled on its own.
   num_epochs: passes over the synthetic split (real data repeats as needed when real_fraction is
     set; with real_fraction None both make num_epochs passes); None repeats forever.
-  process_index / process_count: this host's shard (default: jax.process_index()/process_count()).
+  process_index / process_count: this host's rows of every global batch of batch_size x
+    process_count (default: jax.process_index()/process_count()).
   scaling_factor: the VAE's (default: the dataset's metadata.json; required for in-memory data).
   sample: draw z from the posterior (True) or use the mean.
   """
@@ -125,6 +130,8 @@ def make_dataset(data, *, batch_size: int, seed: int = 0, real_fraction: float |
   if process_index is None or process_count is None:
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
   if scaling_factor is None:
     if "scaling_factor" not in meta:
       raise ValueError("scaling_factor is not in the dataset's metadata.json; pass scaling_factor "
@@ -143,22 +150,25 @@ def make_dataset(data, *, batch_size: int, seed: int = 0, real_fraction: float |
                                                 else 1.0 - real_fraction)
     if share == 0.0:
       continue
-    sl = host_shard(n, process_index, process_count)
-    if sl.stop == sl.start:
+    if n == 0:
       if share is not None:
         raise ValueError(f"real_fraction={real_fraction} asks for {split} data, but the "
-                         f"{split} split has {n} record(s) for {process_count} host(s)")
+                         f"{split} split has 0 records")
       continue
-    ds = grain.MapDataset.source(src)[sl].shuffle(seed=_seed(seed, i))
+    ds = grain.MapDataset.source(src).shuffle(seed=_seed(seed, i))
     epochs = None if (split == "real" and real_fraction is not None) else num_epochs
     parts.append(ds.repeat(epochs))
-    weights.append(sl.stop - sl.start if share is None else share)
+    weights.append(n if share is None else share)
   if not parts:
     raise ValueError("no data: both splits are empty (or too small for the number of hosts)")
   mixed = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
-  mixed = mixed.map_with_index(SampleLatents(scaling_factor, seed, process_index, sample,
-                                             text_dtype))
-  return mixed.batch(batch_size, drop_remainder=drop_remainder)
+  mixed = mixed.map_with_index(SampleLatents(scaling_factor, seed, 0, sample, text_dtype))
+  local = mixed.batch(batch_size, drop_remainder=drop_remainder)
+  if process_count == 1:
+    return local
+  if steps_per_epoch(local) is not None:  # every host the same number of steps
+    local = local[:len(local) - len(local) % process_count]
+  return local[process_index::process_count]
 
 
 def make_iterator(dataset, *, num_threads: int = 2, prefetch: int = 2, worker_count: int = 0,

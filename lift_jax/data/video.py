@@ -16,6 +16,8 @@ import numpy as np
 
 FRAME_SAMPLING = ("first", "uniform", "stride")
 RESIZE_MODES = ("squash", "crop")
+# libx264 options that make an encode a function of its frames alone (see `write_video`).
+X264_DETERMINISTIC = {"x264-params": "asm=0"}
 
 
 class VideoReadError(OSError):
@@ -52,11 +54,17 @@ def to_uint8_frames(video: np.ndarray) -> np.ndarray:
 
 
 def write_video(path: str, video: np.ndarray, fps: float = 8, *, crf: int = 18,
-                preset: str = "medium") -> str:
+                preset: str = "medium", deterministic: bool = True) -> str:
   """Writes an H.264 (yuv420p) mp4, atomically: a temporary name in the same folder, then rename.
 
   `video` is uint8 `[F,H,W,3]` or float `[3,F,H,W]` in [-1,1]; H and W must be even (yuv420p).
   8 fps is what CogVideoX exports. Returns `path`.
+
+  `deterministic` turns off libx264's SIMD code (`asm=0`): with it on, the same frames sometimes
+  encode to different bytes and decode to pixels up to ~20 levels apart (seen on the demo's 32x48
+  videos, one encode in ~10, varying with the process's heap state: a SIMD path reads memory it
+  did not write), so two runs of a job would make different videos from identical samples.
+  Encoding gets ~3x slower (480x720x49 frames on 2 CPU cores: 3.6 s -> 12 s).
   """
   av = _av()
   frames = to_uint8_frames(video)
@@ -74,7 +82,8 @@ def write_video(path: str, video: np.ndarray, fps: float = 8, *, crf: int = 18,
     with av.open(tmp, "w", format="mp4") as container:
       stream = container.add_stream("libx264", rate=rate)
       stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-      stream.options = {"crf": str(crf), "preset": preset}
+      stream.options = {"crf": str(crf), "preset": preset,
+                        **(X264_DETERMINISTIC if deterministic else {})}
       for frame in frames:
         for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
           container.mux(packet)

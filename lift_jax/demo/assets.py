@@ -33,6 +33,15 @@ import shutil
 import tempfile
 from typing import Any, Mapping
 
+import jax
+from flax import nnx
+
+from lift_jax.models import cogvideox, critic, llama, siglip, t5
+from lift_jax.models.cogvideox.vae_params import export_vae
+from lift_jax.models.critic import prompts as critic_prompts
+from lift_jax.models.critic.export import export_vila
+from lift_jax.models.t5.params import export_encoder
+
 MANIFEST = "demo_assets.json"
 FORMAT_VERSION = 1
 PIPELINE_DIR = "CogVideoX-5b-tiny"
@@ -190,8 +199,6 @@ def _train_sentencepiece(lines: list[str], **options) -> bytes:
 
 
 def _corpus(prompts: list[str]) -> list[str]:
-  from lift_jax.models.critic import prompts as critic_prompts
-
   questions = list(critic_prompts.QUESTIONS.values())
   system = [critic_prompts.VICUNA_V1.system, "USER: ASSISTANT:"]
   # Repeats weight the fixed prompt text, so it becomes whole-word pieces (short sequences).
@@ -241,17 +248,12 @@ def write_llama_tokenizer(dst: str, lines: list[str], *, vocab_size: int,
 
 def _rngs(seed: int):
   """`rbg` keys: eager init compiles several times faster on CPU than with threefry."""
-  import jax
-  from flax import nnx
 
   return nnx.Rngs(jax.random.key(seed, impl="rbg"))
 
 
 def write_pipeline(dst: str, cfg: dict[str, Any], seed: int) -> None:
   """The CogVideoX pipeline folder (see the module doc)."""
-  from lift_jax.models import cogvideox, t5
-  from lift_jax.models.cogvideox.vae_params import export_vae
-  from lift_jax.models.t5.params import export_encoder
 
   os.makedirs(dst)
   tr_cfg = cogvideox.CogVideoXConfig.from_diffusers_config(cfg["transformer"])
@@ -280,8 +282,6 @@ def write_pipeline(dst: str, cfg: dict[str, Any], seed: int) -> None:
 
 def write_critic(dst: str, cfg: dict[str, Any], seed: int, workdir: str) -> None:
   """The VILA-1.5 critic folder (see the module doc)."""
-  from lift_jax.models import critic, llama, siglip
-  from lift_jax.models.critic.export import export_vila
 
   c = cfg["critic"]
   llm = dict(c["llm"])
@@ -318,6 +318,16 @@ def _paths(root: str) -> dict[str, str]:
           **{sub: os.path.join(pipe, sub)
              for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")},
           "critic": os.path.join(root, CRITIC_DIR), "prompts": os.path.join(root, "prompts.txt")}
+
+
+def model_paths(root: str) -> dict[str, str]:
+  """Where `make_demo_assets(root)` puts each model (the runner's `model_factory` contract)."""
+  return _paths(os.path.abspath(root))
+
+
+def make_models(root: str, seed: int = 0, *, config: Mapping | None = None) -> dict[str, str]:
+  """The runner's `model_factory` entry point: `make_demo_assets`."""
+  return make_demo_assets(root, seed, config=config)
 
 
 def _fingerprint(cfg: dict[str, Any], seed: int) -> str:

@@ -287,10 +287,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict[str, Any]:
                              "bad_steps": int(jax.device_get(state["bad_steps"])),
                              "max_length": max_length, "max_targets": max_targets,
                              "last": history[-1] if history else None}
-  if final_step >= num_steps and jax.process_index() == 0:
+  if final_step >= num_steps:
     trained = trainer.model(state)
     ex = config.export
-    if ex.get("adapter", True):
+    if ex.get("adapter", True):  # every process: the LoRA is gathered, process 0 writes it
       summary["adapter"] = lora_adapters.export_peft(
           trained, os.path.join(workdir, "adapter"), layout=ex.get("layout", "vila"),
           base_model=os.path.abspath(config.critic.path), overwrite=True)

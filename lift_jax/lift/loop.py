@@ -34,7 +34,8 @@ class TooManyBadSteps(RuntimeError):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (so it can save first)."""
+  """Turns SIGTERM into a flag the loop checks between steps (so it can save first); the hosts
+  agree on it (`parallel.any_process`) before acting."""
 
   def __init__(self):
     self.requested = False
@@ -135,7 +136,8 @@ def fit(trainer: Trainer, state: dict[str, Any], data: Iterator[dict[str, np.nda
         checkpointer.save(step + 1, state, data)
         saved_at = step + 1
         timer.reset()  # the save's pause is not a step
-      if preemption.requested:
+      # Every host leaves at the same step (a SIGTERM may reach only one of them).
+      if parallel.any_process(preemption.requested):
         log.warning("SIGTERM: saving step %d before exit", step + 1)
         if checkpointer and saved_at != step + 1:
           checkpointer.save(step + 1, state, data, force=True)
@@ -230,4 +232,5 @@ def run(config, workdir: str) -> dict[str, Any]:
     cogvideox.save_transformer(trainer.model(state), out, overwrite=True)
     summary["transformer"] = out
   write_results(workdir, history, summary)
+  parallel.barrier(f"train-summary:{workdir}")  # on every host once it is there
   return summary

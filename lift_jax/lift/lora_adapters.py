@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from lift_jax import files, layers
+from lift_jax.parallel import distributed
 from lift_jax.checkpoint.safetensors import write_safetensors
 from lift_jax.layers.lora import LoraDense, LoraParam, dropout_key, merge  # noqa: F401
 
@@ -140,8 +141,8 @@ def peft_state_dict(model, *, layout: str = "vila") -> dict[str, np.ndarray]:
   out = {}
   for name, mod in lora_modules(model).items():
     torch_parent = TARGETS[name][2]
-    a = np.asarray(jax.device_get(mod.lora_a[...]), np.float32)  # [L, in..., r]
-    b = np.asarray(jax.device_get(mod.lora_b[...]), np.float32)  # [L, r, out...]
+    a = distributed.host_array(mod.lora_a[...]).astype(np.float32)  # [L, in..., r]
+    b = distributed.host_array(mod.lora_b[...]).astype(np.float32)  # [L, r, out...]
     n_layers, r = a.shape[0], a.shape[-1]
     a = a.reshape(n_layers, -1, r).transpose(0, 2, 1)  # [L, r, in]
     b = b.reshape(n_layers, r, -1).transpose(0, 2, 1)  # [L, out, r]

@@ -3,7 +3,7 @@
   generate → score → prepare (join rewards, encode latents/embeddings) → train
   → eval_base (held-out prompts, base model) → eval_tuned (held-out prompts, fine-tuned) → report
 
-Each stage runs its tool (`tools/generate.py`, `score.py`, `prepare_data.py`, `train.py`) in a
+Each stage runs its module (`python -m lift_jax.stages.generate`, `score`, `prepare`, `train`) in a
 child process with the run's Python, writing under `WORKDIR/<stage>/`, and leaves
 `WORKDIR/<stage>/DONE.json` when complete. A re-run skips completed stages and resumes an
 interrupted one (the tools themselves resume: generate and score skip finished videos, train
@@ -24,11 +24,17 @@ one), {prompts}, {eval_prompts} and {seed}. `--stages` selects an extra stage by
 λ, the real videos' weight, is the config's `real_weight` alone: prepare stores it as their
 reward and training weighs them by it. prepare also writes `data.json`, the scored set in LiFT's
 own layout (for its official trainer).
+
+On several hosts the same command runs on each: every stage's child processes form one
+jax.distributed job (each host's child finds the others through the environment it inherits), and
+only process 0 writes the run's own files (config.json, the demo models, DONE.json, the report).
+The next stage's start-up waits for every host, so no host reads what process 0 has not written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import subprocess
@@ -36,11 +42,13 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from lift_jax.demo import assets as demo_assets
 from lift_jax.lift import report
+from lift_jax.parallel import distributed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOOLS = os.path.join(ROOT, "tools")
+# The folder lift_jax is imported from (the child processes import it from there too), and the
+# source checkout's root when running from one (relative stage configs may be found there).
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS = os.path.join(PACKAGE_PARENT, "tools")  # extra stages' scripts (a source checkout)
 STAGES = ("generate", "score", "prepare", "train", "eval_base", "eval_tuned", "report")
 DONE = "DONE.json"
 
@@ -67,15 +75,25 @@ def _flags(prefix: str, overrides: Sequence[str] | None) -> list[str]:
   return out
 
 
-def _tool(name: str, args: list[str], log_path: str) -> None:
-  """Runs tools/<name> in a child process, teeing its output to `log_path`."""
-  cmd = [sys.executable] + ([name] if name == "-m" else [os.path.join(TOOLS, name)]) + args
+def _tool(name: str, args: list[str], log_path: str, paths: Sequence[str] = ()) -> None:
+  """Runs a stage in a child process, teeing its output to `log_path` (each host its own log:
+  log.txt for process 0, log-<i>.txt for the others): `name` is a stage module of
+  lift_jax.stages ("generate"), any module ("pkg.mod", `python -m`), or a tools/ script ("x.py",
+  source checkout only). `paths` go on the child's import path (the config files' root)."""
+  if name.endswith(".py"):
+    cmd = [sys.executable, os.path.join(TOOLS, name)] + args
+  else:
+    cmd = [sys.executable, "-m", name if "." in name else f"lift_jax.stages.{name}"] + args
+  index = distributed.process_index_from_env()
+  if index:
+    log_path = f"{os.path.splitext(log_path)[0]}-{index}.txt"
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  path = os.pathsep.join(p for p in (PACKAGE_PARENT, *paths, os.environ.get("PYTHONPATH")) if p)
+  env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
   with open(log_path, "a", encoding="utf-8") as log:
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
       log.write(line)
@@ -88,7 +106,7 @@ def _tool(name: str, args: list[str], log_path: str) -> None:
 
 def _module(module: str, args: list[str], log_path: str) -> None:
   """Runs `python -m module` in a child process, like `_tool`."""
-  _tool("-m", [module] + args, log_path)
+  _tool(module, args, log_path)
 
 
 def _read_json(path: str) -> dict:
@@ -108,12 +126,23 @@ def _mean_reward(scores: str) -> float | None:
 class Run:
   """The stages of one config in one work dir."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, config_file: str | None = None):
     self.config = config
     self.workdir = os.path.abspath(workdir)
+    # Relative stage configs ("configs/lift_5b.py") are looked up from the working directory,
+    # then beside the run config (its folder and the folder above), then in the source checkout.
+    here = os.path.dirname(os.path.abspath(config_file)) if config_file else None
+    self.config_roots = [os.getcwd()] + ([os.path.dirname(here), here] if here else []) + [
+        PACKAGE_PARENT]
+    self.primary = distributed.process_index_from_env() == 0
+    # Config files import each other as `configs.<name>`: their root goes on the children's path.
+    self.import_paths = [os.path.dirname(here)] if here else []
     self.paths: dict[str, str] = {}
-    # The demo creates its own tiny models (an empty `demo_assets` block means the defaults).
-    self.demo = config.get("demo_assets") is not None
+    # A run may create its own models (the demo's tiny ones): `model_factory.module` names a
+    # module with `make_models(root, seed, config)` and `model_paths(root)`, each giving at least
+    # {"pipeline", "critic"}; `model_factory.settings` is its config.
+    factory = config.get("model_factory")
+    self.factory = importlib.import_module(factory.module) if factory else None
 
   # --------------------------------------------------------------------- config and inputs
 
@@ -133,19 +162,28 @@ class Run:
           raise ConfigError(f"config.{key}: prompt file {path} holds no prompt")
     for key in ("generate", "score", "train"):
       sub = c[key].get("config")
-      if sub and not os.path.isfile(os.path.join(ROOT, sub) if not os.path.isabs(sub) else sub):
-        raise ConfigError(f"config.{key}.config: {sub} does not exist")
+      if sub and self.stage_config(sub) is None:
+        raise ConfigError(f"config.{key}.config: {sub} does not exist (looked in "
+                          f"{', '.join(self.config_roots)})")
     self._check_extra_stages()
     if c.get("real") and not os.path.isfile(c.real):
       raise ConfigError(f"config.real: {c.real} does not exist")
     if any(o.split("=")[0].strip() == "loss.real_weight" for o in c.train.get("overrides") or ()):
       raise ConfigError("config.train.overrides sets loss.real_weight: λ is config.real_weight "
                         "(prepare stores it with the real videos, and training reads it there)")
-    if not self.demo:
+    if self.factory is None:
       for key in ("pipeline", "critic"):
         path = c.models.get(key)
         if not path or not os.path.exists(path):
           raise ConfigError(f"config.models.{key}: {path!r} does not exist")
+
+  def stage_config(self, path: str) -> str | None:
+    """A stage's config file as an absolute path, or None when not found."""
+    for root in ([""] if os.path.isabs(path) else self.config_roots):
+      candidate = os.path.join(root, path)
+      if os.path.isfile(candidate):
+        return os.path.abspath(candidate)
+    return None
 
   def _extra_specs(self) -> list[dict]:
     return [dict(spec) for spec in (self.config.get("extra_stages") or ())]
@@ -188,17 +226,17 @@ class Run:
     return value
 
   def resolve_models(self, create: bool) -> None:
-    """Model paths. For the demo the tiny models live under WORKDIR/assets; `create` builds them
-    (in their upstream layouts) once every input check has passed."""
+    """Model paths. Models made by the config's `model_factory` (the demo's tiny ones) live under
+    WORKDIR/assets; `create` builds them once every input check has passed."""
     c = self.config
-    if self.demo:
+    if self.factory is not None:
       root = os.path.join(self.workdir, "assets")
-      if create:
-        demo_assets.make_demo_assets(
+      if create and self.primary:  # the other hosts' first stage waits for process 0's
+        self.factory.make_models(
             root, seed=c.get("seed", 0),
-            config={**c.demo_assets.to_dict(), "prompts": [c.prompts, c.eval_prompts]})
-      self.paths.update(pipeline=os.path.join(root, demo_assets.PIPELINE_DIR),
-                        critic=os.path.join(root, demo_assets.CRITIC_DIR))
+            config={**c.model_factory.settings.to_dict(), "prompts": [c.prompts, c.eval_prompts]})
+      made = self.factory.model_paths(root)
+      self.paths.update(pipeline=made["pipeline"], critic=made["critic"])
     else:
       self.paths.update(pipeline=c.models.pipeline, critic=c.models.critic)
     self.paths["transformer"] = os.path.join(self.paths["pipeline"], "transformer")
@@ -210,44 +248,45 @@ class Run:
 
   def _generate(self, name: str, prompts: str, transformer: str, seed: int) -> dict:
     c, out = self.config, self._dir(name)
-    args = [f"--config={c.generate.config}", f"--prompts={prompts}", f"--out={out}",
-            f"--model={self.paths['pipeline']}", f"--config.model.transformer={transformer}",
+    args = [f"--config={self.stage_config(c.generate.config)}", f"--prompts={prompts}",
+            f"--out={out}", f"--model={self.paths['pipeline']}",
+            f"--config.model.transformer={transformer}",
             f"--config.seed={seed}", "--noprogress"]
-    _tool("generate.py", args + _flags("config.", c.generate.get("overrides")),
-          os.path.join(out, "log.txt"))
+    _tool("generate", args + _flags("config.", c.generate.get("overrides")),
+          os.path.join(out, "log.txt"), self.import_paths)
     return {"manifest": os.path.join(out, "manifest.jsonl")}
 
   def _score(self, name: str, manifest: str) -> dict:
     c, out = self.config, self._dir(name)
     scores = os.path.join(out, "scores.jsonl")
-    args = [f"--config={c.score.config}", f"--manifest={manifest}", f"--out={scores}",
-            f"--critic={self.paths['critic']}", "--noprogress"]
+    args = [f"--config={self.stage_config(c.score.config)}", f"--manifest={manifest}",
+            f"--out={scores}", f"--critic={self.paths['critic']}", "--noprogress"]
     if c.score.get("mode"):
       args.append(f"--mode={c.score.mode}")
     if c.models.get("critic_lora"):
       args.append(f"--lora={self._expand(c.models.critic_lora)}")
-    _tool("score.py", args + _flags("config.", c.score.get("overrides")),
-          os.path.join(out, "log.txt"))
+    _tool("score", args + _flags("config.", c.score.get("overrides")),
+          os.path.join(out, "log.txt"), self.import_paths)
     return {"scores": scores, "mean_reward": _mean_reward(scores)}
 
   def _prepare(self, name: str, manifest: str, scores: str) -> dict:
     c, out = self.config, self._dir(name)
     dataset = os.path.join(out, "dataset")
     args = [f"--manifest={manifest}", f"--scores={scores}", f"--out={dataset}", "--overwrite",
-            f"--model={self.paths['pipeline']}", "--no_progress",
+            f"--model={self.paths['pipeline']}", "--noprogress",
             f"--export_data_json={os.path.join(out, 'data.json')}"]
     if c.get("real"):
-      args += [f"--real={c.real}", f"--real_weight={c.get('real_weight', 1.0)}"]
-    args += _flags("", c.prepare.get("args"))
-    _tool("prepare_data.py", args, os.path.join(out, "log.txt"))
+      args += [f"--real={c.real}", f"--config.real_weight={c.get('real_weight', 1.0)}"]
+    args += _flags("config.", c.prepare.get("args"))
+    _tool("prepare", args, os.path.join(out, "log.txt"), self.import_paths)
     return {"dataset": dataset, "data_json": os.path.join(out, "data.json")}
 
   def _train(self, name: str, dataset: str, transformer: str) -> dict:
     c, out = self.config, self._dir(name)
-    args = [f"--config={c.train.config}", f"--workdir={out}",
+    args = [f"--config={self.stage_config(c.train.config)}", f"--workdir={out}",
             f"--config.model.transformer={transformer}", f"--config.data.dir={dataset}"]
-    _tool("train.py", args + _flags("config.", c.train.get("overrides")),
-          os.path.join(out, "log.txt"))
+    _tool("train", args + _flags("config.", c.train.get("overrides")),
+          os.path.join(out, "log.txt"), self.import_paths)
     summary = _read_json(os.path.join(out, "train_summary.json"))
     if "transformer" not in summary:
       raise RuntimeError(f"{name}: training stopped at step {summary.get('steps')} of "
@@ -267,6 +306,8 @@ class Run:
     return _read_json(summary) if summary and os.path.isfile(summary) else {}
 
   def _report(self) -> dict:
+    if not self.primary:
+      return {}
     last = int(self.config.get("rounds", 1))
     out = os.path.join(self.workdir, "report.html")
     extra = self._expand(self.config.get("report") or {})
@@ -351,8 +392,9 @@ class Run:
           raise ConfigError(f"stage {stage.name} needs {need}, made by stage {producer.name}: "
                             f"run it first (add '{producer.kind}' to --stages)")
     os.makedirs(self.workdir, exist_ok=True)
-    with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-      json.dump(self.config.to_dict(), f, indent=2, default=str)
+    if self.primary:
+      with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(self.config.to_dict(), f, indent=2, default=str)
     self.resolve_models(create=True)
     results = {}
     for stage in plan:
@@ -365,9 +407,10 @@ class Run:
       start = time.perf_counter()
       summary = dict(stage.run() or {}, seconds=round(time.perf_counter() - start, 1))
       os.makedirs(self._dir(stage.name), exist_ok=True)
-      with open(done + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, default=str)
-      os.replace(done + ".tmp", done)
+      if self.primary:
+        with open(done + ".tmp", "w", encoding="utf-8") as f:
+          json.dump(summary, f, indent=2, default=str)
+        os.replace(done + ".tmp", done)
       print(f"[lift] {stage.name}: {json.dumps(summary, default=str)}", flush=True)
       results[stage.name] = summary
     return results

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import os
 from typing import Any, Iterator, Mapping, Sequence
 
 import jax
@@ -194,20 +193,3 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
   # Uneven dims stay unconstrained rather than failing deep inside XLA.
   spec = PartitionSpec(*[e if d % axis_size(mesh, e) == 0 else None for d, e in zip(x.shape, spec)])
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-
-
-def initialize_distributed() -> None:
-  """`jax.distributed.initialize()` when launched as one of several processes (TPU pod, GPU cluster).
-
-  On TPU pods JAX finds the coordinator itself; elsewhere set JAX_COORDINATOR_ADDRESS,
-  JAX_NUM_PROCESSES and JAX_PROCESS_ID. A single process does nothing.
-  """
-  if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
-    return
-  env = os.environ
-  if "JAX_COORDINATOR_ADDRESS" in env:
-    jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                               num_processes=int(env["JAX_NUM_PROCESSES"]),
-                               process_id=int(env["JAX_PROCESS_ID"]))
-  elif env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()

@@ -1,2 +1,4 @@
-"""The LiFT loop's stages as package functions (the tools and the loop runner call these):
-`score` (videos -> critic answers -> rewards)."""
+"""The LiFT loop's stages as package modules, each a library (`run(...)`) and a command
+(`lift-jax <stage>`, `python -m lift_jax.stages.<module>`; see `cli`): generate, score, prepare,
+train, loop (the whole loop), convert / export, critic_train. Several processes split each stage's
+work by global index and merge their shard files (`shards`)."""

@@ -1,4 +1,8 @@
-"""The score stage of the LiFT loop: videos -> the critic's answers -> labels -> one reward each.
+r"""The score stage of the LiFT loop: videos -> the critic's answers -> labels -> one reward each.
+
+  lift-jax score --config=configs/critic_13b.py --manifest work/videos/manifest.jsonl \
+      --out work/scores.jsonl --critic ckpt/VILA1.5-13b --lora ckpt/LiFT-Critic-13b-lora-v1.5 \
+      [--mode generate|logits] [--config.batch_videos=8] [--overwrite]
 
 Inputs: generate's manifest.jsonl ({"path", "prompt", ...}) or LiFT's own `test.json`
 ({"video_id", "video", "caption"}, "video" under a video root). Outputs, beside each other:
@@ -31,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import numpy as np
+from absl import flags
 from flax import nnx
 from tqdm import tqdm
 
@@ -43,6 +48,7 @@ from lift_jax.lift.memory import device_capacity
 from lift_jax.models.critic import scoring
 from lift_jax.models.critic.vila import Critic, VilaCritic, vila_config
 from lift_jax.models.critic.vocabulary import LABELS, QUESTION_KEYS, strictly_readable
+from lift_jax.stages import cli, shards
 from lift_jax.parallel import serving
 
 log = logging.getLogger(__name__)
@@ -274,29 +280,40 @@ def score_manifest(scorer: Scorer, manifest: str, out: str, *, overwrite: bool =
   Resumes by default: videos already in `out` or in the unparsed file are not scored again
   (`overwrite=True` starts over; deleting the unparsed file retries just those videos). Unreadable videos are skipped, counted and named (and tried
   again by the next run). Videos are decoded in `read_workers` threads while the critic runs.
+
+  With several processes each scores its share of the videos (by input position) into its own
+  shard files (`stages.shards`), merged by process 0 into `out` and its unparsed file.
   """
   read = read or video_lib.read_video
   start = time.perf_counter()
   out = os.path.abspath(out)
   unparsed_path, summary_path = output_paths(out)
+  own_out = shards.shard_path(out)  # this process's scores (`out` itself for one process)
+  own_unparsed = shards.shard_path(unparsed_path)
   os.makedirs(os.path.dirname(out), exist_ok=True)
   items = read_inputs(manifest, video_root)
   if overwrite:
-    for p in (out, unparsed_path, summary_path):
+    for p in ({out, unparsed_path, summary_path} if jax.process_index() == 0 else set()) | {
+        own_out, own_unparsed}:
       if os.path.exists(p):
         os.remove(p)
-  done_rows = _read_rows_repairing(out)
-  unparsed_rows = _read_rows_repairing(unparsed_path)
+    parallel.barrier(f"score-overwrite:{out}")
+  merged_rows = _read_rows_repairing(out)
+  merged_unparsed = _read_rows_repairing(unparsed_path)
+  done_rows = merged_rows + (_read_rows_repairing(own_out) if own_out != out else [])
+  unparsed_rows = merged_unparsed + (
+      _read_rows_repairing(own_unparsed) if own_out != out else [])
   modes = {r.get("mode") for r in done_rows + unparsed_rows} - {None}
   if modes - {scorer.mode}:
     raise ValueError(f"{out}: holds scores made in mode {sorted(modes)}, this run is "
                      f"{scorer.mode!r}; pass overwrite (--overwrite) or another --out")
   done = {records_lib.resolve(r["path"], out) for r in done_rows + unparsed_rows if "path" in r}
-  todo = [it for it in items if it["resolved"] not in done]
-  resumed = len(items) - len(todo)
+  mine = parallel.process_share(items)
+  todo = [it for it in mine if it["resolved"] not in done]
+  resumed = len(mine) - len(todo)
   if resumed:
     log.info("%s: %d of %d videos already scored; scoring the other %d", out, resumed,
-             len(items), len(todo))
+             len(mine), len(todo))
 
   stats = reward_lib.LabelStats()
   unreadable: list[str] = []
@@ -305,8 +322,8 @@ def score_manifest(scorer: Scorer, manifest: str, out: str, *, overwrite: bool =
   if progress:
     bar = tqdm(total=len(todo), desc=f"score ({scorer.mode})", unit="video", dynamic_ncols=True)
   rewards_now: list[float] = []
-  with open(out, "a", encoding="utf-8") as fout, \
-       open(unparsed_path, "a", encoding="utf-8") as fbad, \
+  with open(own_out, "a", encoding="utf-8") as fout, \
+       open(own_unparsed, "a", encoding="utf-8") as fbad, \
        concurrent.futures.ThreadPoolExecutor(max(1, read_workers)) as pool:
     lookahead = 2 * scorer.batch_videos
     futures = collections.deque()
@@ -358,9 +375,14 @@ def score_manifest(scorer: Scorer, manifest: str, out: str, *, overwrite: bool =
                         unparsed=unparsed_now, unreadable=len(unreadable))
   if bar is not None:
     bar.close()
+  position = {it["resolved"]: n for n, it in enumerate(items)}
+  order = lambda row: position.get(records_lib.resolve(row["path"], out), len(position))
+  for path, keep in ((out, merged_rows), (unparsed_path, merged_unparsed)):
+    shards.merge(path, order, keep=keep if jax.process_index() == 0 else (),
+                 read=_read_rows_repairing)
 
   summary = summarize(manifest, out, items, scorer.mode)
-  if lift_output:
+  if lift_output and jax.process_index() == 0:
     summary["lift_output"] = write_lift_output(
         os.path.join(os.path.dirname(out), lift_output), out, items)
   seconds = time.perf_counter() - start
@@ -374,11 +396,12 @@ def score_manifest(scorer: Scorer, manifest: str, out: str, *, overwrite: bool =
                    if seconds > 0 else None,
                    **stats.to_json()},
   })
-  tmp = f"{summary_path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2, ensure_ascii=False)
-    f.write("\n")
-  os.replace(tmp, summary_path)
+  if jax.process_index() == 0:
+    tmp = f"{summary_path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(summary, f, indent=2, ensure_ascii=False)
+      f.write("\n")
+    os.replace(tmp, summary_path)
   return summary
 
 
@@ -442,8 +465,9 @@ def write_lift_output(path: str, out: str, items: Sequence[dict]) -> str:
 
 
 def make_mesh(axes: dict):
-  """The config's mesh, or None on one device (no sharding annotations to pay for)."""
-  devices = jax.devices()
+  """The config's mesh over this process's own devices (each process scores its own videos), or
+  None on one device (no sharding annotations to pay for)."""
+  devices = jax.local_devices()
   if all(int(v) != -1 for v in axes.values()):
     devices = devices[:math.prod(int(v) for v in axes.values())]
   mesh = parallel.make_mesh(axes, devices)
@@ -501,3 +525,43 @@ def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: s
   summary["critic"] = {"path": os.path.abspath(path), "lora": lora or cfg.critic.lora,
                        "template": critic.template.name}
   return summary
+
+
+# ----------------------------------------------------------------------------- the command
+
+def define_flags() -> dict:
+  return dict(
+      config=cli.config_flag("configs/critic_13b.py", "critic config file"),
+      manifest=flags.DEFINE_string("manifest", None, "generate's manifest.jsonl, or LiFT's "
+                                   "test.json (a JSON list of {video_id, video, caption})",
+                                   required=True),
+      video_root=flags.DEFINE_string("video_root", None, "folder LiFT's test.json videos are "
+                                     "under (its --image_root; default: the JSON's folder)"),
+      out=flags.DEFINE_string("out", None, "scores.jsonl to write (or resume)", required=True),
+      critic=flags.DEFINE_string("critic", None, "VILA folder or converted critic "
+                                 "(default: config.critic.path)"),
+      lora=flags.DEFINE_string("lora", None, "PEFT LoRA adapter folder "
+                               "(default: config.critic.lora)"),
+      mode=flags.DEFINE_enum("mode", None, ["generate", "logits"], "default: config.mode"),
+      overwrite=flags.DEFINE_bool("overwrite", False, "start over instead of resuming --out"),
+      progress=flags.DEFINE_bool("progress", True, "show a progress bar"))
+
+
+def stage(f: dict) -> dict:
+  summary = run(f["config"].value, f["manifest"].value, f["out"].value,
+                critic_path=f["critic"].value, lora=f["lora"].value, mode=f["mode"].value,
+                overwrite=f["overwrite"].value, progress=f["progress"].value,
+                video_root=f["video_root"].value)
+  if (summary["unparseable_videos"] or summary["unreadable"]) and jax.process_index() == 0:
+    print(f"note: {summary['unreadable']} unreadable video(s) (listed in "
+          f"{summary['summary_file']}), {summary['unparseable_videos']} with unparseable answers "
+          f"(in {summary['unparsed_file']})", file=sys.stderr)
+  return {k: v for k, v in summary.items() if k != "this_run"}
+
+
+def main(argv=None) -> None:
+  cli.main(define_flags, stage, argv)
+
+
+if __name__ == "__main__":
+  main()

@@ -87,20 +87,20 @@ def test_epochs_reshuffle():
   assert order[:24] != order[24:]
 
 
-def test_per_host_split_is_disjoint_and_even():
-  d = data(26, 8)  # 26 synthetic: 13 per host
-  hosts = [make(d=d, num_epochs=1, process_index=p, process_count=2) for p in range(2)]
+def test_hosts_take_their_rows_of_the_one_host_batches():
+  """The global batches do not depend on the number of hosts: host p of 2 (local batch 2) gets rows
+  [2p, 2p + 2) of each 1-host batch of 4, noise included; every host the same number of steps."""
+  d = data(26, 8)
+  one = make(d=d, num_epochs=1, batch_size=4)
+  hosts = [make(d=d, num_epochs=1, batch_size=2, process_index=p, process_count=2)
+           for p in range(2)]
+  assert len(hosts[0]) == len(hosts[1]) == len(one)
   seen = [[i for b in ds for i in ids(b)] for ds in hosts]
-  assert len(hosts[0]) == len(hosts[1])  # same number of steps on every host
-  assert not set(seen[0]) & set(seen[1])
-  syn = [sorted(i for i in s if i < 1000) for s in seen]
-  assert syn[0] == list(range(13)) and syn[1] == list(range(13, 26))
-  real = [{i for i in s if i >= 1000} for s in seen]
-  assert real[0] <= set(range(1000, 1004)) and real[1] <= set(range(1004, 1008))
-  # The noise differs between hosts for the same step and position.
-  s0 = loaders.SampleLatents(1.0, 0, 0).noise(3, (5,))
-  s1 = loaders.SampleLatents(1.0, 0, 1).noise(3, (5,))
-  assert not np.array_equal(s0, s1)
+  assert not set(seen[0]) & set(seen[1])  # one epoch: no record on both hosts
+  for step in range(len(one)):
+    for key in loaders.BATCH_KEYS:
+      np.testing.assert_array_equal(
+          np.concatenate([hosts[0][step][key], hosts[1][step][key]]), one[step][key])
   with pytest.raises(ValueError, match="process_index"):
     make(d=d, process_index=2, process_count=2)
 

@@ -1,29 +1,26 @@
-"""tools/prepare_data.py end to end: 3 tiny generated videos + a corrupt one -> a loadable dataset."""
+"""The prepare stage (lift_jax.stages.prepare, tools/prepare_data.py) end to end: 3 tiny generated
+videos + a corrupt one -> a loadable dataset."""
 
-import importlib.util
 import io
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
 from lift_jax.data import generated, loaders, video
+from lift_jax.stages import prepare as tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def load_tool():
-  spec = importlib.util.spec_from_file_location(
-      "prepare_data_tool", os.path.join(ROOT, "tools", "prepare_data.py"))
-  mod = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = mod  # dataclasses look their module up there
-  spec.loader.exec_module(mod)
-  return mod
-
-
-tool = load_tool()
+def run_tool(args, encoders=None) -> int:
+  """The command with `args`; its exit code."""
+  try:
+    tool.main(["prepare"] + args, encoders=encoders)
+  except SystemExit as exit_:
+    return exit_.code or 0
+  raise AssertionError("the command did not exit")
 
 
 def stand_in_encoders():
@@ -71,13 +68,14 @@ def work(tmp_path):
 def argv(work, *extra):
   return ["--manifest", str(work / "videos" / "manifest.jsonl"),
           "--scores", str(work / "scores.jsonl"), "--real", str(work / "real.jsonl"),
-          "--out", str(work / "prepared"), "--num_frames", "9", "--height", "16",
-          "--width", "24", "--no_progress", "--compilation_cache", "", *extra]
+          "--out", str(work / "prepared"), "--config.num_frames=9", "--config.height=16",
+          "--config.width=24", "--noprogress", "--config.compilation_cache=", *extra]
 
 
 def test_end_to_end_with_stand_in_encoders(work, capsys):
   enc, calls = stand_in_encoders()
-  assert tool.main(argv(work, "--text_batch", "2", "--embed_dtype", "float16"), encoders=enc) == 0
+  assert run_tool(argv(work, "--config.text_batch=2", "--config.embed_dtype=float16"),
+                  encoders=enc) == 0
   summary = json.loads(capsys.readouterr().out)
   assert summary["written"] == {"synthetic": 3, "real": 1}
   assert summary["num_skipped"] == 2
@@ -114,12 +112,12 @@ def test_end_to_end_with_stand_in_encoders(work, capsys):
 
 def test_rerun_needs_overwrite(work, capsys):
   enc, _ = stand_in_encoders()
-  assert tool.main(argv(work), encoders=enc) == 0
+  assert run_tool(argv(work), encoders=enc) == 0
   before = os.listdir(work / "prepared")
-  assert tool.main(argv(work), encoders=enc) == 2
+  assert run_tool(argv(work), encoders=enc) == 2
   assert "--overwrite" in capsys.readouterr().err
   assert os.listdir(work / "prepared") == before
-  assert tool.main(argv(work, "--overwrite", "--latent_dtype", "float16"), encoders=enc) == 0
+  assert run_tool(argv(work, "--overwrite", "--config.latent_dtype=float16"), encoders=enc) == 0
   src = generated.open_dataset(str(work / "prepared"))
   assert src["synthetic"][0]["latent_mean"].dtype == np.float16
 
@@ -130,13 +128,13 @@ def test_bad_inputs_are_reported_not_raised(work, capsys):
   args = argv(work)
   args[args.index("--scores") + 1] = str(work / "empty_scores.jsonl")
   del args[args.index("--real"):args.index("--real") + 2]
-  assert tool.main(args, encoders=enc) == 2
+  assert run_tool(args, encoders=enc) == 2
   assert "no records" in capsys.readouterr().err
-  args = argv(work, "--num_frames", "49")  # every video is too short for a 49-frame clip
-  assert tool.main(args, encoders=enc) == 2
+  args = argv(work, "--config.num_frames=49")  # every video is too short for a 49-frame clip
+  assert run_tool(args, encoders=enc) == 2
   assert "no readable video" in capsys.readouterr().err
   assert not os.path.exists(work / "prepared")
-  assert tool.main(argv(work), encoders=None) == 2  # no models given
+  assert run_tool(argv(work), encoders=None) == 2  # no models given
   assert "--model" in capsys.readouterr().err
 
 
@@ -187,8 +185,8 @@ def tiny_models(tmp_path_factory):
 
 def test_end_to_end_with_tiny_real_models(work, tiny_models, capsys):
   args = argv(work, "--vae", str(tiny_models / "vae"), "--t5", str(tiny_models / "t5"),
-              "--tokenizer", str(tiny_models / "tokenizer"), "--no-vae_tiling")
-  assert tool.main(args) == 0
+              "--tokenizer", str(tiny_models / "tokenizer"), "--config.vae_tiling=False")
+  assert run_tool(args) == 0
   summary = json.loads(capsys.readouterr().out)
   assert summary["written"] == {"synthetic": 3, "real": 1} and summary["num_skipped"] == 2
   src = generated.open_dataset(str(work / "prepared"))
@@ -203,7 +201,7 @@ def test_lifts_data_json_in_and_out(work, capsys):
   """prepare reads LiFT's fine-tuning list, and exports the loop's joined set in that layout."""
   enc, _ = stand_in_encoders()
   exported = work / "exported.json"
-  assert tool.main(argv(work, "--export_data_json", str(exported)), encoders=enc) == 0
+  assert run_tool(argv(work, "--export_data_json", str(exported)), encoders=enc) == 0
   capsys.readouterr()
   rows = json.load(open(exported))
   assert [(os.path.basename(r["video"]), r["score"]) for r in rows] == [
@@ -213,9 +211,9 @@ def test_lifts_data_json_in_and_out(work, capsys):
                for i, s in enumerate((0.62, 0.1, 0.9))]
   (work / "data.json").write_text(json.dumps(lift_list, indent=4))
   args = ["--data_json", str(work / "data.json"), "--video_root", str(work / "videos"),
-          "--out", str(work / "from_lift"), "--num_frames", "9", "--height", "16", "--width", "24",
-          "--no_progress", "--compilation_cache", ""]
-  assert tool.main(args, encoders=enc) == 0
+          "--out", str(work / "from_lift"), "--config.num_frames=9", "--config.height=16",
+          "--config.width=24", "--noprogress", "--config.compilation_cache="]
+  assert run_tool(args, encoders=enc) == 0
   assert json.loads(capsys.readouterr().out)["written"] == {"synthetic": 3, "real": 0}
   src = generated.open_dataset(str(work / "from_lift"))["synthetic"]
   assert [float(src[i]["reward"]) for i in range(3)] == pytest.approx([0.62, 0.1, 0.9])
@@ -224,6 +222,6 @@ def test_lifts_data_json_in_and_out(work, capsys):
       '[\n    {\n        "video": "/path/to/video",\n        "caption": "video_captoin",\n'
       '        "score": "reward_score"\n    },\n]\n')
   args[1], args[5] = str(work / "template.json"), str(work / "from_template")
-  assert tool.main(args, encoders=enc) == 2
+  assert run_tool(args, encoders=enc) == 2
   err = capsys.readouterr().err
   assert str(work / "template.json") in err and "published template" in err

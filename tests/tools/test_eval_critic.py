@@ -15,6 +15,7 @@ from lift_jax.data import hra
 from lift_jax.models import critic
 from lift_jax.models.critic import prompts
 from tests.lift.test_critic_train import tiny_hra, tiny_vila
+from lift_jax.stages import critic_train as critic_train_stage
 from tests.tools import tool_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,7 +30,7 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("eval_critic")
   v = tiny_vila(root)
   data = tiny_hra(root)
-  tool = load_tool("train_critic")
+  tool = critic_train_stage
   cfg = tool.default_config("configs/critic_13b_sft.py")
   cfg.critic.path = v["folder"]
   cfg.critic.dtype = cfg.critic.param_dtype = "float32"

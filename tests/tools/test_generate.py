@@ -1,4 +1,4 @@
-"""tools/generate.py end to end on a tiny random CogVideoX (5B layout: RoPE, no SNR shift) whose
+"""The generate stage (lift_jax.stages.generate, tools/generate.py) end to end on a tiny random CogVideoX (5B layout: RoPE, no SNR shift) whose
 transformer, VAE and T5 were converted with tools/convert_checkpoint.py's code path: mp4 files
 that read back, the manifest, resuming, and the errors for bad prompts files and checkpoints."""
 
@@ -13,7 +13,7 @@ import pytest
 from lift_jax.models import convert
 from lift_jax.checkpoint.safetensors import CheckpointError
 from lift_jax.data import records
-from tests.tools import tool_module
+from lift_jax.stages import generate as generate_stage
 from lift_jax.data.video import read_video
 from tests.diffusion.test_pipeline import FRAMES, HEIGHT, WIDTH, build_tiny_pipeline
 
@@ -27,7 +27,7 @@ waves crashing on a rocky beach
 
 
 def _tool():
-  return tool_module.load("generate")
+  return generate_stage
 
 
 def _config(models, **over):

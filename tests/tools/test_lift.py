@@ -1,6 +1,9 @@
-"""tools/lift.py: bad inputs are named before heavy work; a run killed in training resumes exactly.
+"""The loop command (tools/lift.py = `lift-jax loop`): bad inputs are named before heavy work; a
+run killed in training resumes exactly; the demo as 2 processes (jax.distributed over gloo) gives
+what 1 process gives.
 
-The end-to-end runs take minutes on 2 cores, so they are marked slow (run with `-m slow`).
+The end-to-end runs take minutes on 2 cores, so they are marked slow (run with `-m slow`); the
+uninterrupted 1-process demo is shared by the slow tests.
 """
 
 import json
@@ -13,6 +16,10 @@ import time
 
 import numpy as np
 import pytest
+
+from lift_jax.data import generated, records
+from lift_jax.data.video import read_video
+from tests.stages import processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIFT = os.path.join(ROOT, "tools", "lift.py")
@@ -52,6 +59,16 @@ def _final_params(workdir):
   return {k: np.asarray(v[...]) for k, v in flat_variables(nnx.state(model)).items()}
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """The demo run once, uninterrupted, as 1 process on 1 device."""
+  workdir = tmp_path_factory.mktemp("demo") / "straight"
+  out = _run(workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert os.path.isfile(workdir / "report.html")
+  return workdir
+
+
 def _spawn(workdir, log_path, *extra):
   return subprocess.Popen([sys.executable, LIFT, "--config=configs/demo.py", f"--workdir={workdir}",
                            *extra], cwd=ROOT, env=ENV, stdout=open(log_path, "a"),
@@ -72,7 +89,7 @@ def _kill_when(proc, ready, log_path, timeout=600) -> bool:
 
 
 @pytest.mark.slow
-def test_killed_in_training_resumes_without_repeating_stages(tmp_path):
+def test_killed_in_training_resumes_without_repeating_stages(tmp_path, straight):
   """kill -9 lands at several points of training (before any checkpoint, right after one commits,
   while the last one is written) and the resumed run ends bit-identical to an uninterrupted one.
 
@@ -81,9 +98,6 @@ def test_killed_in_training_resumes_without_repeating_stages(tmp_path):
   the same videos, and that, not resuming, made the two runs' parameters differ (by ~6e-6, the
   last steps' learning rate).
   """
-  straight = tmp_path / "straight"
-  assert _run(straight).returncode == 0
-  assert os.path.isfile(straight / "report.html")
 
   work = tmp_path / "killed"
   for part in ("assets", "round1/generate", "round1/score", "round1/prepare"):
@@ -112,6 +126,56 @@ def test_killed_in_training_resumes_without_repeating_stages(tmp_path):
   expected, got = _final_params(straight), _final_params(work)
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+def _summary(log_path):
+  """The last JSON object a stage printed to its log (its summary)."""
+  text = open(log_path, encoding="utf-8").read()
+  return json.loads(text[text.rindex("\n{\n") + 1:text.rindex("\n}") + 2])
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_results(tmp_path, straight):
+  work = tmp_path / "two"
+  procs = processes.start([LIFT, "--config=configs/demo.py", f"--workdir={work}"], 2, devices=1)
+  logs = [p.communicate(timeout=900)[0] for p in procs]
+  for i, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f"process {i}:\n{log[-3000:]}"
+  done = lambda w, s: json.loads((w / s / "DONE.json").read_text())
+  for key in ("mean_reward_base", "mean_reward_tuned"):
+    assert done(work, "report")[key] == done(straight, "report")[key]
+  for stage in ("round1/generate", "eval_base/generate", "eval_tuned/generate"):
+    one = records.read_jsonl(str(straight / stage / "manifest.jsonl"))
+    two = records.read_jsonl(str(work / stage / "manifest.jsonl"))
+    fields = lambda rows: [(r["index"], r["path"], r["prompt"], r["seed"]) for r in rows]
+    assert fields(two) == fields(one)  # every video once, in order, same seeds
+    for row in one:
+      a, b = (read_video(str(w / stage / row["path"])) for w in (straight, work))
+      np.testing.assert_array_equal(b, a, err_msg=f"{stage} {row['path']}")
+    # Each host made only its own share (video k on process k % 2) and left no shard file.
+    shares = [_summary(work / stage / name)["generated_indices"]
+              for name in ("log.txt", "log-1.txt")]
+    assert sorted(shares[0] + shares[1]) == list(range(len(one)))
+    assert all(k % 2 == i for i, share in enumerate(shares) for k in share)
+    assert not [n for n in os.listdir(work / stage) if "-of-" in n]
+  for stage in ("round1/score", "eval_base/score", "eval_tuned/score"):
+    pick = lambda w: [(r["path"], r["labels"], r["reward"])
+                      for r in records.read_jsonl(str(w / stage / "scores.jsonl"))]
+    assert pick(work) == pick(straight)
+    assert not [n for n in os.listdir(work / stage) if "-of-" in n]
+  one = generated.open_dataset(str(straight / "round1/prepare/dataset"))
+  two = generated.open_dataset(str(work / "round1/prepare/dataset"))
+  for split in one:
+    assert len(two[split]) == len(one[split])
+    for i in range(len(one[split])):
+      a, b = one[split][i], two[split][i]
+      assert (b["caption"], b["reward"], b["all_good"]) == (a["caption"], a["reward"],
+                                                            a["all_good"])
+      for key in ("latent_mean", "latent_logvar", "text_embeds"):
+        np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-6, err_msg=key)
+  expected, got = _final_params(straight), _final_params(work)
+  for key in expected:  # 2 devices in 2 processes vs 1 device: the same up to summation order
+    np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-5, err_msg=key)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lift_jax.data import records
-from tests.tools import tool_module
+from lift_jax.stages import score as score_stage
 from lift_jax.data.video import write_video
 from tests.models.test_scoring import answer_chain, random_videos, write_forced_critic
 
@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _tool():
-  return tool_module.load("score")
+  return score_stage
 
 
 def _config(**over):

@@ -25,6 +25,7 @@ from lift_jax.checkpoint.tables import Rule, identity, linear
 from lift_jax.checkpoint.views import JoinedWeights, StripPrefix
 from lift_jax.models import intern_vit as intern_lib
 from lift_jax.models import llama as llama_lib
+from lift_jax.models.llama import tokenizer as llama_tokenizer
 from lift_jax.models import siglip as siglip_lib
 from lift_jax.models.critic import lora as lora_lib
 from lift_jax.models.critic import prompts
@@ -232,7 +233,8 @@ save_critic = SPEC.save  # parameters, config and the tokenizer files, atomicall
 
 
 def load_tokenizer(path: str):
-  """The critic's tokenizer: `llm/` of a VILA folder, `tokenizer/` of a converted one."""
+  """The critic's tokenizer: `llm/` of a VILA folder, `tokenizer/` of a converted one; a
+  SentencePiece `tokenizer.model` is read with the slow semantics VILA uses (`llama.tokenizer`)."""
   try:
     from transformers import AutoTokenizer  # optional heavy dependency
   except ImportError as err:
@@ -242,6 +244,9 @@ def load_tokenizer(path: str):
     folder = os.path.join(path, sub) if sub else path
     if os.path.isdir(folder) and glob.glob(os.path.join(folder, "tokenizer*")):
       try:
+        # VILA reads a SentencePiece model with the slow tokenizer (use_fast=False, legacy=False).
+        if llama_tokenizer.is_sentencepiece_llama(folder):
+          return llama_tokenizer.load(folder)
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
       except (OSError, ValueError) as err:
         raise CheckpointError(f"{folder}: cannot load the tokenizer ({err})") from err
