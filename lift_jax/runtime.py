@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+from absl import logging as absl_logging
+
+from lift_jax.parallel import runtime_flags
+
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "lift_jax", "jax_compilation")
 
 
@@ -29,10 +33,6 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
 def setup(compilation_cache: str | None = None, memory_fraction: float | None = None) -> str | None:
   """What every tool does first: the recommended accelerator flags and memory fraction
   (`parallel.runtime_flags`), quiet library INFO logs, the compilation cache."""
-  from absl import logging as absl_logging
-
-  from lift_jax.parallel import runtime_flags
-
   runtime_flags.apply(memory_fraction=memory_fraction)
   absl_logging.set_verbosity(absl_logging.WARNING)
   return enable_compilation_cache(compilation_cache)

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
+
+from lift_jax import parallel, runtime  # noqa: E402
+from lift_jax.data import hra  # noqa: E402
+from lift_jax.lift import critic_eval  # noqa: E402
+from lift_jax.models.critic.vila import Critic  # noqa: E402
 
 
 def define_flags() -> None:
@@ -54,35 +58,17 @@ def parse_mesh(text: str) -> dict[str, int]:
   return out
 
 
-def make_mesh(axes: dict):
-  """The mesh, or None on one device; explicit sizes take the first devices."""
-  import jax
-
-  from lift_jax import parallel
-
-  devices = jax.devices()
-  if axes and all(int(v) != -1 for v in axes.values()):
-    devices = devices[:math.prod(int(v) for v in axes.values())]
-  mesh = parallel.make_mesh(axes or {"fsdp": -1}, devices)
-  return mesh if mesh.size > 1 else None
-
-
 def run(critic_path: str, data: str, *, lora: str | None = None, split: str = "test",
         modes=("logits", "generate"), batch_size: int = 8, max_new_tokens: int = 64,
         prompt_style: str = "inference", template: str | None = None, dtype: str = "bfloat16",
         mesh: dict | None = None, limit: int | None = None, progress: bool = True,
         with_predictions: bool = False) -> dict:
   """Loads the critic and scores the split in each mode; {"results": {mode: ...}, ...}."""
-  from lift_jax import parallel, runtime
-  from lift_jax.data import hra
-  from lift_jax.lift import critic_eval
-  from lift_jax.models.critic.vila import Critic
-
   runtime.setup()
   splits = hra.open_hra(data)
   if split not in splits:
     raise ValueError(f"{data}: no split {split!r} (has {sorted(splits)})")
-  m = make_mesh(mesh or {"fsdp": -1})
+  m = parallel.mesh_from_config(mesh, single_device_none=True)
   critic = Critic.load(critic_path, lora, template=template, dtype=dtype, mesh=m)
   want = (critic.config.image.height, critic.config.image.width)
   stored = tuple(hra.hra_metadata(data).get("image_size", want))

@@ -28,7 +28,6 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-LABELS = ("Good", "Normal", "Bad")
 WARM_WORDS = ("sunset", "sunrise", "dawn", "dusk", "golden", "fire", "firelight", "candle",
               "lamplight", "autumn", "desert", "warm")
 COLD_WORDS = ("night", "moon", "moonlit", "snow", "snowy", "ice", "icy", "winter", "underwater",

@@ -201,14 +201,6 @@ def prepare_data(config, image_size: tuple[int, int]) -> str:
   return dc.dir
 
 
-def make_mesh(axes: dict) -> Mesh:
-  """The config's mesh; sizes without a -1 take the first devices (a one-device run on a host)."""
-  devices = jax.devices()
-  if axes and all(int(v) != -1 for v in axes.values()):
-    devices = devices[:math.prod(int(v) for v in axes.values())]
-  return parallel.make_mesh(axes, devices)
-
-
 def load_for_training(config, mesh: Mesh | None):
   """(critic model with LoRA, tokenizer) from `config.critic` and `config.lora`."""
   cc = config.critic
@@ -229,7 +221,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict[str, Any]:
   runtime.setup(config.get("compilation_cache"))
   parallel.initialize_distributed()
   os.makedirs(workdir, exist_ok=True)
-  mesh = make_mesh(config.mesh.to_dict())
+  mesh = parallel.mesh_from_config(config.mesh.to_dict())
   cfg_v = vila.vila_config(config.critic.path, template=config.critic.get("template"))
   data_dir = prepare_data(config, _critic_image_size(cfg_v))
   model, tokenizer = load_for_training(config, mesh)

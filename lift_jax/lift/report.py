@@ -22,7 +22,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-LABELS = ("Good", "Normal", "Bad")
+from lift_jax.data import video as video_lib
+from lift_jax.models.critic.vocabulary import LABELS
+
 BASE, TUNED = "base", "fine-tuned"
 
 
@@ -126,8 +128,6 @@ def frame_strip(sets: list[tuple[str, list[dict], str]], max_videos: int = 4,
                 frames: int = 5) -> str | None:
   """For each (prompt, seed) the first set has, a row of frames from every set that has it too:
   `sets` is [(name, manifest rows, the folder their paths start from)]."""
-  from lift_jax.data import video as video_lib
-
   key = lambda r: (r.get("prompt"), r.get("seed"))
   by_key = [{key(r): r for r in rows} for _, rows, _ in sets]
   keys = [key(r) for r in sets[0][1] if all(key(r) in b for b in by_key)][:max_videos] \

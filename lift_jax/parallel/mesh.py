@@ -83,6 +83,18 @@ def make_mesh(axes: Mapping[str, int] | None = None,
               axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
+def mesh_from_config(axes: Mapping[str, int] | None, devices: Sequence[jax.Device] | None = None,
+                     *, single_device_none: bool = False) -> Mesh | None:
+  """A stage's mesh from its config's axis sizes: sizes without a -1 take the first of `devices`
+  (default: all), so a one-device run on a bigger host works; with `single_device_none`, a
+  one-device mesh is None (no sharding annotations to pay for)."""
+  devices = list(jax.devices() if devices is None else devices)
+  if axes and all(int(v) != -1 for v in axes.values()):
+    devices = devices[:math.prod(int(v) for v in axes.values())]
+  mesh = make_mesh(axes or {"fsdp": -1}, devices)
+  return None if single_device_none and mesh.size == 1 else mesh
+
+
 def logical_to_spec(logical: Sequence[str | None] | None, rules=DEFAULT_RULES) -> PartitionSpec:
   """Maps a tuple of logical names to a PartitionSpec; a mesh axis is used at most once."""
   if logical is None:

@@ -21,7 +21,6 @@ depend on the number of processes, and each process resumes its own share.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -29,9 +28,14 @@ import time
 from concurrent import futures
 
 import jax
+import numpy as np
 from absl import flags
+from tqdm import tqdm
 
-from lift_jax import parallel
+from lift_jax import parallel, runtime
+from lift_jax.data import records, video as video_lib
+from lift_jax.diffusion import pipeline as pipeline_lib
+from lift_jax.diffusion.samplers import SAMPLERS
 from lift_jax.stages import cli, shards
 
 MANIFEST = "manifest.jsonl"
@@ -132,28 +136,10 @@ def to_frames(videos):
   return x.astype(jnp.uint8).transpose(0, 2, 3, 4, 1)
 
 
-def make_mesh(axes: dict):
-  """The config's mesh over this process's own devices, or None on one device (no sharding
-  annotations to pay for). Each process samples its own videos: no collective spans hosts."""
-  devices = jax.local_devices()
-  if all(int(v) != -1 for v in axes.values()):
-    devices = devices[:math.prod(int(v) for v in axes.values())]
-  mesh = parallel.make_mesh(axes, devices)
-  return mesh if mesh.size > 1 else None
-
-
 def run(cfg, prompts_file: str, out: str, *, model: str | None = None,
         num_videos_per_prompt: int | None = None, overwrite: bool = False,
         progress: bool = True) -> dict:
   """Generates every planned video not yet in `out`; returns the summary."""
-  import numpy as np
-  from tqdm import tqdm
-
-  from lift_jax import runtime
-  from lift_jax.data import records, video as video_lib
-  from lift_jax.diffusion import pipeline as pipeline_lib
-  from lift_jax.diffusion.samplers import SAMPLERS
-
   start = time.perf_counter()
   prompts = read_prompts(prompts_file)
   nvp = num_videos_per_prompt or cfg.num_videos_per_prompt
@@ -203,7 +189,9 @@ def run(cfg, prompts_file: str, out: str, *, model: str | None = None,
     return summary
 
   runtime.setup(cfg.get("compilation_cache"))
-  mesh = make_mesh(cfg.mesh.to_dict())
+  # Each process samples its own videos on its own devices: no collective spans hosts.
+  mesh = parallel.mesh_from_config(cfg.mesh.to_dict(), jax.local_devices(),
+                                   single_device_none=True)
   pipe = pipeline_lib.load_pipeline(
       root, transformer=m.transformer, vae=m.vae, text_encoder=m.text_encoder,
       tokenizer=m.tokenizer, scheduler=m.scheduler, schedule=m.schedule, dtype=dtype,

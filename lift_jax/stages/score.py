@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -464,16 +463,6 @@ def write_lift_output(path: str, out: str, items: Sequence[dict]) -> str:
   return lift_files.write_json_list(path, entries)
 
 
-def make_mesh(axes: dict):
-  """The config's mesh over this process's own devices (each process scores its own videos), or
-  None on one device (no sharding annotations to pay for)."""
-  devices = jax.local_devices()
-  if all(int(v) != -1 for v in axes.values()):
-    devices = devices[:math.prod(int(v) for v in axes.values())]
-  mesh = parallel.make_mesh(axes, devices)
-  return mesh if mesh.size > 1 else None
-
-
 def plan_mesh(cfg, path: str, mode: str):
   """`parallelism=auto`: replicas if the critic fits one device, else tensor parallelism
   (`parallel.serving`); returns (mesh or None, batch_videos, the plan's report)."""
@@ -511,7 +500,9 @@ def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: s
     mesh, batch_videos, report = plan_mesh(cfg, path, mode)
     print(report, file=sys.stderr, flush=True)  # stdout carries the JSON summary
   else:
-    mesh = make_mesh(cfg.mesh.to_dict())
+    # Each process scores its own videos on its own devices: no collective spans hosts.
+    mesh = parallel.mesh_from_config(cfg.mesh.to_dict(), jax.local_devices(),
+                                     single_device_none=True)
   critic = Critic.load(path, lora or cfg.critic.lora, template=cfg.critic.template,
                        dtype=cfg.critic.dtype, param_dtype=cfg.critic.param_dtype,
                        attention_impl=cfg.critic.attention_impl, remat=cfg.critic.remat,

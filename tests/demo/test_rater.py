@@ -9,6 +9,7 @@ import pytest
 from lift_jax.data import hra
 from lift_jax.data import video as video_lib
 from lift_jax.demo import rate, rater
+from lift_jax.models.critic import vocabulary
 
 
 def _clip(level, warm=0.0, jump=0.0, frames=9):
@@ -41,7 +42,7 @@ def test_curve_from_calibration_and_one_reason_per_label():
   assert r.rate(warm, "A fox at dawn.")["semantic consistency"][0] == "Good"
   assert r.rate(warm, "A fox at night.")["semantic consistency"][0] == "Bad"
   for rule in rater.RULES:
-    assert set(rule.reasons) == set(rater.LABELS)
+    assert set(rule.reasons) == set(vocabulary.LABELS)
     assert all(s.endswith(".") and s.count(".") == 1 for s in rule.reasons.values())
 
 

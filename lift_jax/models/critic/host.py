@@ -29,7 +29,7 @@ from lift_jax.models import llama as llama_lib
 from lift_jax.models.critic import prompts
 from lift_jax.models.critic.modeling import VilaConfig, VilaCritic
 from lift_jax.models.critic.params import load_critic, load_tokenizer
-from lift_jax.models.critic.vocabulary import sample_frame_indices
+from lift_jax.models.critic.vocabulary import LABELS, sample_frame_indices
 from lift_jax.parallel import serving
 
 # Sampling of LiFT's run_critic_*.py: temperature 0.2, no top_p, transformers' default top_k 50.
@@ -196,7 +196,7 @@ class Critic:
                                    jnp.asarray(b.attention_mask)))
 
   def label_probs(self, videos, captions, questions, video_index=None,
-                  labels: Sequence[str] = ("Good", "Normal", "Bad")) -> np.ndarray:
+                  labels: Sequence[str] = LABELS) -> np.ndarray:
     """`[B, len(labels)]` softmax probabilities (over the whole vocabulary) of each label's first
     token; a deterministic, differentiable-in-spirit alternative to sampling the answer."""
     ids = prompts.label_token_ids(self.tokenizer, self.template, labels)
