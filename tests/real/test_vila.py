@@ -99,7 +99,7 @@ def _video(frames, seed=0):
 def _critic_logits(model, tok, video, question):
   c = critic.Critic(model, tok)
   b = c.batch([CAPTION], question)
-  px = c._pixels([video])
+  px, _ = c._pixels([video])  # (pixels, real frames per video)
   logits = _critic_forward(model, jnp.asarray(px), jnp.asarray(b.token_ids),
                            jnp.asarray(b.image_slots), jnp.asarray(b.attention_mask))
   return np.asarray(logits)[0][b.attention_mask[0]], px
