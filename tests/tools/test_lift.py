@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from configs import demo as demo_config
 from lift_jax.data import generated, records
 from lift_jax.data.video import read_video
 from tests.stages import processes
@@ -108,10 +109,12 @@ def test_killed_in_training_resumes_without_repeating_stages(tmp_path, straight)
   def steps(pred):
     return lambda: ckpts.is_dir() and any(pred(d) for d in os.listdir(ckpts))
 
+  train = dict(o.split("=", 1) for o in demo_config.get_config().train.overrides)
+  every, last = train["checkpoint_every"], train["num_steps"]
   points = {
       "training, no checkpoint yet": lambda: (work / "round1" / "train" / "tensorboard").is_dir(),
-      "step 4 committed": steps(lambda d: d == "4"),
-      "step 8 being written or just committed": steps(lambda d: d.startswith("8")),
+      f"step {every} committed": steps(lambda d: d == every),
+      f"step {last} being written or just committed": steps(lambda d: d.startswith(last)),
   }
   for point, ready in points.items():
     assert _kill_when(_spawn(work, log, "--stages=train"), ready, log), point

@@ -30,7 +30,7 @@ from lift_jax.models.critic import prompts
 from lift_jax.models.critic.modeling import VilaConfig, VilaCritic
 from lift_jax.models.critic.params import load_critic, load_tokenizer
 from lift_jax.models.critic.vocabulary import LABELS, sample_frame_indices
-from lift_jax.parallel import serving
+from lift_jax.parallel import distributed, serving
 
 # Sampling of LiFT's run_critic_*.py: temperature 0.2, no top_p, transformers' default top_k 50.
 LIFT_SAMPLING = dict(temperature=0.2, top_k=50, top_p=1.0, max_new_tokens=512)
@@ -191,9 +191,10 @@ class Critic:
     """fp32 `[B, vocab]` logits of the answer's first token (one forward pass, no sampling)."""
     px, counts = self._pixels(videos)
     b = self.batch(captions, questions, video_index, counts)
-    return np.asarray(_last_logits(self.model, jnp.asarray(px),
-                                   jnp.asarray(b.token_ids), jnp.asarray(b.image_slots),
-                                   jnp.asarray(b.attention_mask)))
+    # The whole batch on every process, also when the critic spans several hosts.
+    return distributed.host_array(_last_logits(self.model, jnp.asarray(px),
+                                               jnp.asarray(b.token_ids), jnp.asarray(b.image_slots),
+                                               jnp.asarray(b.attention_mask)))
 
   def label_probs(self, videos, captions, questions, video_index=None,
                   labels: Sequence[str] = LABELS) -> np.ndarray:

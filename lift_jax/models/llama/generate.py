@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from lift_jax.models.llama.modeling import LlamaForCausalLM
+from lift_jax.parallel import distributed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +148,8 @@ def generate(lm: LlamaForCausalLM, input_ids=None, attention_mask=None, *, input
                         jnp.int32(top_k), jnp.float32(top_p), jnp.asarray(_stop_table(stop_token_ids)),
                         jnp.asarray(eos_arr), jnp.int32(pad), max_new_tokens=max_new_tokens,
                         do_sample=do_sample)
-  out, done = np.asarray(out), np.asarray(done)
+  # The whole batch on every process, also when the model spans several hosts.
+  out, done = distributed.host_array(out), distributed.host_array(done)
   lengths = np.full((b,), max_new_tokens, np.int64)
   for row in range(b):
     if done[row]:  # the first stop: an EOS id or the end of a stop sequence
