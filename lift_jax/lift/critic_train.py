@@ -24,7 +24,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from lift_jax import parallel, runtime
@@ -192,8 +191,7 @@ def prepare_data(config, image_size: tuple[int, int]) -> str:
                              image_size=image_size, workers=dc.get("workers", 2))
       log.warning("built %s: %s", dc.dir, {k: v for k, v in report.to_json().items()
                                            if k != "skipped"})
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("hra dataset built")
+    parallel.barrier("hra dataset built")
   meta = hra.hra_metadata(dc.dir)
   if meta and tuple(meta.get("image_size", image_size)) != tuple(image_size):
     raise ValueError(f"{dc.dir}: frames were stored at {meta['image_size']}, the critic's "

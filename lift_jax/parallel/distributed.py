@@ -21,6 +21,7 @@ from typing import Mapping, Sequence, TypeVar
 
 import jax
 import numpy as np
+from jax._src import distributed as jax_distributed  # the coordination client (no public API)
 from jax.experimental import multihost_utils
 
 T = TypeVar("T")
@@ -119,10 +120,25 @@ def host_array(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
-def barrier(name: str) -> None:
-  """All processes reach this point before any goes on (no-op for one process)."""
-  if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(name)
+_BARRIER_CALLS: dict[str, int] = {}
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+  """All processes reach this point before any goes on (no-op for one process).
+
+  Waits in the coordination service, not in a device collective: one host may be busy for many
+  minutes (process 0 building a dataset) while the others wait, longer than a collective's
+  start-up allows (gloo on CPU gives up after 30 s). Every process calls the same barriers in the
+  same order, so the n-th call of a name is the same barrier everywhere.
+  """
+  if jax.process_count() == 1:
+    return
+  client = jax_distributed.global_state.client
+  if client is None:  # started without jax.distributed (e.g. a single multi-device TPU VM)
+    multihost_utils.sync_global_devices(name)
+    return
+  n = _BARRIER_CALLS[name] = _BARRIER_CALLS.get(name, -1) + 1
+  client.wait_at_barrier(f"lift_jax:{name}:{n}", int(timeout_s * 1000))
 
 
 def process_share(items: Sequence[T], index: int | None = None,
