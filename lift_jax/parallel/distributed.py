@@ -103,13 +103,32 @@ def initialize() -> None:
         f"(or LIFT_JAX_DISTRIBUTED=0 for a single process)") from err
 
 
-def any_process(flag: bool) -> bool:
-  """True on every process when `flag` is True on any of them (a collective: call it at the same
-  point on every process)."""
+_ANY_CALLS = 0
+
+
+def any_process(flag: bool, timeout_s: float = 3600.0) -> bool:
+  """True on every process when `flag` is True on any of them (call it at the same point on every
+  process).
+
+  Agreed through the coordination service's key-value store, not a device collective: the train
+  loop asks every step, and a host-side collective there would interleave with the step's own
+  collectives still running asynchronously (on CPU, gloo then sees mismatched messages).
+  """
+  global _ANY_CALLS
   if jax.process_count() == 1:
     return bool(flag)
-  flags = multihost_utils.process_allgather(np.asarray([bool(flag)], np.int32))
-  return bool(np.asarray(flags).any())
+  client = jax_distributed.global_state.client
+  if client is None:  # started without jax.distributed: a device collective is all there is
+    flags = multihost_utils.process_allgather(np.asarray([bool(flag)], np.int32))
+    return bool(np.asarray(flags).any())
+  n, _ANY_CALLS = _ANY_CALLS, _ANY_CALLS + 1
+  key = f"lift_jax:any:{n}"
+  client.key_value_set(f"{key}:{jax.process_index()}", "1" if flag else "0")
+  timeout_ms = int(timeout_s * 1000)
+  client.wait_at_barrier(key, timeout_ms)
+  found = [client.blocking_key_value_get(f"{key}:{i}", timeout_ms)
+           for i in range(jax.process_count())]
+  return "1" in found
 
 
 def host_array(x) -> np.ndarray:
