@@ -4,6 +4,13 @@ Compile time stays flat in depth, every stacked parameter gets a leading `layers
 `layers`), and rematerialization is one switch. `scan` is the one loop over the layers: it also
 serves blocks that take per-layer inputs or give per-layer outputs (a KV cache) and runs only the
 first layers of the stack when asked (a tower's penultimate features).
+
+On CPU with several processes the loop is unrolled (`unroll`): XLA:CPU orders a program's
+collectives only by when they start, so a while loop holding collectives (gloo between the
+processes) can still be running its iterations' collectives when a later, independent collective of
+the same program starts, at a different point on each host; the hosts then exchange mismatched
+messages (gloo aborts on the size, or same-size data lands in the wrong buffer). Unrolled, every
+collective is a plain instruction of the program and starts in the same order everywhere.
 """
 
 from __future__ import annotations
@@ -15,6 +22,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lift_jax.layers.remat import REMAT_POLICIES
+
+
+def unroll(length: int) -> int:
+  """`lax.scan`'s `unroll` for a loop that may hold cross-process collectives: the whole length
+  on CPU with several processes (see the module doc), else 1 (one compiled body, flat compile)."""
+  return max(length, 1) if jax.process_count() > 1 and jax.default_backend() == "cpu" else 1
 
 
 class StackedBlocks(nnx.Module):
@@ -64,7 +77,8 @@ class StackedBlocks(nnx.Module):
 
     if self.remat != "none":
       step = jax.checkpoint(step, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-    return jax.lax.scan(step, carry, (state if whole else None, jnp.arange(n, dtype=jnp.int32), xs))
+    return jax.lax.scan(step, carry, (state if whole else None, jnp.arange(n, dtype=jnp.int32), xs),
+                        unroll=unroll(n))
 
   def depth_of(self, layer: int) -> int:
     """How many blocks give transformers' `hidden_states[layer]` (0: the input, -1: the output)."""

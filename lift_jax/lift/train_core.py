@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lift_jax.layers import stack
 from lift_jax.parallel import mesh as mesh_lib
 
 
@@ -193,8 +194,8 @@ class TrainerCore:
                                      jax.tree.map(lambda x: x[:x.shape[0] // a], batch), key)
       zeros = (jax.tree.map(jnp.zeros_like, params),
                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape))
-      (grads, sums), _ = jax.lax.scan(body, zeros,
-                                      (jnp.arange(a), split_micro_batches(batch, a)))
+      (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(a), split_micro_batches(batch, a)),
+                                      unroll=stack.unroll(a))  # collectives inside: see there
     grads, metrics = self.finish(grads, sums, batch)
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
