@@ -101,6 +101,20 @@ def initialize() -> None:
     raise DistributedSetupError(
         f"jax.distributed.initialize() failed: {err}. Set {', '.join(EXPLICIT)} explicitly "
         f"(or LIFT_JAX_DISTRIBUTED=0 for a single process)") from err
+  _orbax_barriers_in_coordination_service()
+
+
+def _orbax_barriers_in_coordination_service() -> None:
+  """orbax's own barriers (checkpoint directory creation, the commit of an async save) default to
+  a device collective, which its background commit thread runs while the training steps run
+  theirs: on CPU the two programs' gloo messages can interleave differently on each host. Its
+  flag `experimental_orbax_use_distributed_barrier` moves them to the coordination service, as
+  `barrier` here (it takes effect once absl has parsed the flags, as every stage's CLI does)."""
+  import orbax.checkpoint  # noqa: F401  (heavy; defines the flag)
+  from absl import flags
+  name = "experimental_orbax_use_distributed_barrier"
+  if name in flags.FLAGS:
+    flags.FLAGS[name].value = True
 
 
 _ANY_CALLS = 0
