@@ -147,13 +147,23 @@ def collate(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def make_sft_dataset(source, transform: SftTransform, *, batch_size: int, seed: int = 0,
                      num_epochs: int | None = None, process_index: int | None = None,
                      process_count: int | None = None):
-  """grain pipeline: this host's shard -> shuffled each epoch (seeded) -> transform -> batches."""
+  """grain pipeline: all ratings shuffled each epoch (seeded) -> transform -> batches of
+  `batch_size` (per host) -> this host's rows of every global batch.
+
+  As `loaders.make_dataset`: every host builds the same global stream and takes local batches
+  p, p + P, ... (host p of P), so global batch k holds the examples one process would put in its
+  batch k and training does not depend on the number of hosts.
+  """
   grain = loaders._grain()
   if process_index is None or process_count is None:
     process_index, process_count = jax.process_index(), jax.process_count()
-  sl = loaders.host_shard(len(source), process_index, process_count)
-  if sl.stop - sl.start < batch_size:
-    raise ValueError(f"{sl.stop - sl.start} training example(s) on this host for a per-host "
-                     f"batch of {batch_size}")
-  ds = grain.MapDataset.source(source)[sl].shuffle(seed=loaders._seed(seed, 17))
-  return ds.repeat(num_epochs).map(transform).batch(batch_size, drop_remainder=True)
+  if len(source) < batch_size * process_count:
+    raise ValueError(f"{len(source)} training example(s) for a global batch of "
+                     f"{batch_size} x {process_count} hosts")
+  ds = grain.MapDataset.source(source).shuffle(seed=loaders._seed(seed, 17))
+  local = ds.repeat(num_epochs).map(transform).batch(batch_size, drop_remainder=True)
+  if process_count == 1:
+    return local
+  if loaders.steps_per_epoch(local) is not None:  # every host the same number of steps
+    local = local[:len(local) - len(local) % process_count]
+  return local[process_index::process_count]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lift_jax.data import generated, loaders
+from lift_jax.data.critic_sft import make_sft_dataset
 
 SHAPE = (4, 3, 2, 5)  # [C, f, h, w]
 
@@ -198,3 +199,19 @@ def test_worker_processes_give_the_same_batches_and_resume():
     it.close()
   for g, w in zip(got, want):
     np.testing.assert_array_equal(g["latents"], w["latents"])
+
+
+def test_critic_sft_hosts_take_their_rows_of_the_one_host_batches():
+  """The critic SFT pipeline splits as the train loader does: the global batches of 2 hosts
+  (host 0's rows, then host 1's) are the batches of 1 host, epoch after epoch."""
+  source = [{"i": np.int32(k)} for k in range(20)]
+  one = make_sft_dataset(source, lambda e: e, batch_size=4, seed=3, num_epochs=2,
+                         process_index=0, process_count=1)
+  hosts = [make_sft_dataset(source, lambda e: e, batch_size=2, seed=3, num_epochs=2,
+                            process_index=p, process_count=2) for p in range(2)]
+  assert len(one) == len(hosts[0]) == len(hosts[1]) == 10
+  for k in range(len(one)):
+    np.testing.assert_array_equal(np.concatenate([h[k]["i"] for h in hosts]), one[k]["i"])
+  assert sorted(np.concatenate([one[k]["i"] for k in range(5)]).tolist()) == list(range(20))
+  with pytest.raises(ValueError, match="global batch of 8 x 3 hosts"):
+    make_sft_dataset(source, lambda e: e, batch_size=8, process_index=0, process_count=3)
