@@ -22,7 +22,6 @@ import collections
 import dataclasses
 import json
 import logging
-import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -30,6 +29,7 @@ import ml_dtypes
 import numpy as np
 from tqdm.auto import tqdm
 
+from lift_jax import files
 from lift_jax.data import arrayrecord
 from lift_jax.data import video as video_lib
 from lift_jax.data.records import RewardRecord
@@ -231,8 +231,8 @@ def prepare_reward_dataset(records: Sequence[RewardRecord], out_dir: str, *,
   Bad videos are skipped and counted, never fatal; if none is readable nothing is written.
   """
   clip = clip or ClipOptions()
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
+  out_dir = files.absolute(out_dir)
+  if files.exists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
   report = PrepareReport()
   t0 = time.time()

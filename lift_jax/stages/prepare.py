@@ -29,9 +29,7 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import pickle
-import shutil
 import time
 from typing import Callable, Sequence
 
@@ -43,7 +41,7 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from lift_jax import parallel, runtime
+from lift_jax import files, parallel, runtime
 from lift_jax.data import generated, lift_files, records as records_lib, video
 from lift_jax.models.cogvideox.vae_params import load_vae
 from lift_jax.models.t5.params import load_encoder
@@ -118,11 +116,10 @@ def _encode_parts(records, out: str, encoders: Encoders, clip, cfg, progress: bo
                                       encoders.encode_text, clip=clip,
                                       latent_dtype=cfg.latent_dtype, embed_dtype=cfg.embed_dtype,
                                       text_batch=cfg.text_batch, report=report)]
-  os.makedirs(parts, exist_ok=True)
-  name = os.path.join(parts, f"part-{jax.process_index():05d}-of-{jax.process_count():05d}.pkl")
-  with open(name + ".tmp", "wb") as f:
+  files.makedirs(parts)
+  name = files.join(parts, f"part-{jax.process_index():05d}-of-{jax.process_count():05d}.pkl")
+  with files.atomic_file(name, own=True) as tmp, open(tmp, "wb") as f:
     pickle.dump({"examples": encoded, "skipped": report.skipped}, f)
-  os.replace(name + ".tmp", name)
   return parts
 
 
@@ -132,8 +129,8 @@ def _write_from_parts(parts: str, out: str, *, scaling_factor: float, clip, cfg,
   t0 = time.time()
   report = generated.PrepareReport()
   encoded = []
-  for name in sorted(os.listdir(parts)):
-    with open(os.path.join(parts, name), "rb") as f:
+  for name in files.listdir(parts):
+    with files.open_file(files.join(parts, name), "rb") as f:
       part = pickle.load(f)
     encoded += part["examples"]
     report.skipped += part["skipped"]
@@ -188,8 +185,8 @@ def run(cfg, manifest: str | None, scores: str | None, out: str, *, real: str | 
   (tests)."""
   _check(cfg)
   runtime.setup(cfg.compilation_cache)
-  out = os.path.abspath(out)
-  if os.path.exists(out) and not overwrite:
+  out = files.absolute(out)
+  if files.exists(out) and not overwrite:
     raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
   joined = join_inputs(cfg, manifest, scores, real, data_json, video_root)
   if export_data_json and jax.process_index() == 0:
@@ -202,10 +199,10 @@ def run(cfg, manifest: str | None, scores: str | None, out: str, *, real: str | 
                              text_batch=cfg.text_batch, vae_tiling=cfg.vae_tiling)
   clip = generated.ClipOptions(cfg.num_frames, cfg.height, cfg.width, cfg.frame_sampling,
                                cfg.resize)
-  metadata = {"manifest": manifest and os.path.abspath(manifest),
-              "scores": scores and os.path.abspath(scores),
-              "data_json": data_json and os.path.abspath(data_json),
-              "real": real and os.path.abspath(real), "real_weight": cfg.real_weight,
+  metadata = {"manifest": manifest and files.absolute(manifest),
+              "scores": scores and files.absolute(scores),
+              "data_json": data_json and files.absolute(data_json),
+              "real": real and files.absolute(real), "real_weight": cfg.real_weight,
               "unscored": len(joined.unscored)}
   if jax.process_count() == 1:
     report = generated.prepare_reward_dataset(
@@ -220,12 +217,13 @@ def run(cfg, manifest: str | None, scores: str | None, out: str, *, real: str | 
       if jax.process_index() == 0:
         report = _write_from_parts(parts, out, scaling_factor=encoders.scaling_factor, clip=clip,
                                    cfg=cfg, metadata=metadata, overwrite=overwrite)
-        shutil.rmtree(parts, ignore_errors=True)
+        files.rmtree(parts)
     finally:
       parallel.barrier(f"prepare-written:{out}")
     if jax.process_index() != 0:
-      report = generated.PrepareReport(**{k: v for k, v in json.load(open(
-          os.path.join(out, generated.PREPARE_LOG))).items() if k in ("written", "skipped")})
+      log = json.loads(files.read_text(files.join(out, generated.PREPARE_LOG)))
+      report = generated.PrepareReport(**{k: v for k, v in log.items()
+                                          if k in ("written", "skipped")})
   summary = {"out": out, **report.to_json(), "unscored": len(joined.unscored),
              "unknown_scores": len(joined.unknown)}
   summary["skipped"] = [f"{s['path']}: {s['reason']}" for s in report.skipped]
