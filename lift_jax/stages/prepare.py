@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from lift_jax import files, parallel, runtime
@@ -58,19 +59,36 @@ class Encoders:
 
 
 def load_encoders(vae_path: str, t5_path: str, tokenizer_path: str, *, dtype: str,
-                  text_batch: int, vae_tiling: bool) -> Encoders:
-  """The real VAE and T5, each call jitted at one shape (text batches are padded to text_batch)."""
+                  text_batch: int, vae_tiling: bool, devices=None) -> Encoders:
+  """The real VAE and T5, each call jitted at one shape (text batches are padded to text_batch).
+
+  A batch of clips is split over `devices` (default: this process's own) along the batch, the VAE
+  replicated on each: a batch not a multiple of their number is padded with copies of its last
+  clip."""
+  devices = list(devices or jax.local_devices())
   vae = load_vae(vae_path, dtype=dtype)
   if vae_tiling:
     vae.enable_tiling()
+  batch_sharding = None
+  if len(devices) > 1:
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    nnx.update(vae, jax.device_put(nnx.state(vae), NamedSharding(mesh, P())))
+    batch_sharding = NamedSharding(mesh, P("data"))
   tokenizer = CogVideoXTokenizer.from_pretrained(tokenizer_path)
   t5 = load_encoder(t5_path, dtype=dtype)
   graphdef, state = nnx.split(t5)
   t5_fn = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids).astype(jnp.float32))
 
   def encode_video(x):
-    mean, logvar = vae.encode(jnp.asarray(x))
-    return np.asarray(mean), np.asarray(logvar)
+    n = x.shape[0]
+    if batch_sharding is None:
+      mean, logvar = vae.encode(jax.device_put(x, devices[0]))
+      return np.asarray(mean), np.asarray(logvar)
+    pad = (-n) % len(devices)
+    if pad:
+      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+    mean, logvar = vae.encode(jax.device_put(x, batch_sharding))
+    return np.asarray(mean)[:n], np.asarray(logvar)[:n]
 
   def encode_text(prompts):
     ids = np.asarray(tokenizer.encode(list(prompts)))
@@ -94,6 +112,8 @@ def default_config() -> ml_collections.ConfigDict:
       resize="squash",              # squash to HxW (LiFT's trainer) or scale and center-crop
       latent_dtype="float32", embed_dtype="bfloat16",
       text_batch=8,                 # captions per T5 call
+      video_batch=0,                # clips per VAE call, split over this process's devices
+                                    # (0: one clip per local device)
       compilation_cache=ml_collections.config_dict.placeholder(str)))
 
 
@@ -115,7 +135,8 @@ def _encode_parts(records, out: str, encoders: Encoders, clip, cfg, progress: bo
              generated.encode_records([r for _, r in mine], encoders.encode_video,
                                       encoders.encode_text, clip=clip,
                                       latent_dtype=cfg.latent_dtype, embed_dtype=cfg.embed_dtype,
-                                      text_batch=cfg.text_batch, report=report)]
+                                      text_batch=cfg.text_batch, report=report,
+                                      video_batch=_video_batch(cfg))]
   files.makedirs(parts)
   name = files.join(parts, f"part-{jax.process_index():05d}-of-{jax.process_count():05d}.pkl")
   with files.atomic_file(name, own=True) as tmp, open(tmp, "wb") as f:
@@ -155,6 +176,10 @@ def _write_from_parts(parts: str, out: str, *, scaling_factor: float, clip, cfg,
                           embed_dtype=cfg.embed_dtype, metadata=meta,
                           extra_files={generated.PREPARE_LOG: log_text}, overwrite=overwrite)
   return report
+
+
+def _video_batch(cfg) -> int:
+  return cfg.video_batch or jax.local_device_count()
 
 
 def join_inputs(cfg, manifest: str | None, scores: str | None, real: str | None,
@@ -209,6 +234,7 @@ def run(cfg, manifest: str | None, scores: str | None, out: str, *, real: str | 
         joined.records, out, encode_video=encoders.encode_video,
         encode_text=encoders.encode_text, scaling_factor=encoders.scaling_factor, clip=clip,
         latent_dtype=cfg.latent_dtype, embed_dtype=cfg.embed_dtype, text_batch=cfg.text_batch,
+        video_batch=_video_batch(cfg),
         overwrite=overwrite, progress=progress, metadata=metadata)
   else:
     parts = _encode_parts(joined.records, out, encoders, clip, cfg, progress)
