@@ -28,6 +28,7 @@ COMMANDS = {
     "score": "score",            # videos -> critic answers -> rewards (scores.jsonl)
     "prepare": "prepare",        # manifest + scores -> training set (latents, embeddings, rewards)
     "train": "train",            # reward-weighted fine-tuning -> checkpoints, transformer
+    "report": "report",          # the run's HTML report from the loop's files
     "loop": "loop",              # the whole LiFT loop in one resumable command
     "convert": "convert",        # upstream PyTorch folders -> converted checkpoints
     "export": "convert:export_main",  # converted / fine-tuned -> upstream (diffusers) layout

@@ -1,68 +1,20 @@
-"""Stages against a non-local path scheme: `gs://` mapped onto a temporary folder for the test.
-
-The mapping is an fsspec filesystem registered for the `gs`/`gcs` protocols, which is what
-etils.epath asks for a `gs://` path when TensorFlow is absent (with gcsfs installed, the real
-GCS). So the stages' own code takes exactly the path it takes on a pod; only the bytes land in a
-local folder. The working directory is another folder, so a path that slipped past epath (an
-`open("gs://...")` or `os.makedirs`) would show up there as a `gs:` folder.
-"""
+"""Stages against a non-local path scheme: `gs://` mapped onto a temporary folder for the test
+(tests/stages/gcs.py); the files land there and nowhere else."""
 
 import json
 import os
-import sys
 
-import fsspec.registry  # noqa: F401  (its module holds the registry)
 import numpy as np
 import pytest
-from etils.epath import backend, gpath
-from fsspec.implementations.local import LocalFileSystem
 
 from lift_jax import files
 from lift_jax.data import generated, records, video
-from lift_jax.lift import report
+from lift_jax.stages import cli, prepare
 from tests.data.test_prepare_data import stand_in_encoders
-from lift_jax.stages import prepare
+from tests.stages.gcs import gcs  # noqa: F401  (fixture)
 
 
-@pytest.fixture
-def gcs(tmp_path, monkeypatch):
-  """`gs://B/x` -> tmp_path/"gcs"/B/x for the test; yields that root (cwd is tmp_path/"cwd")."""
-  root = tmp_path / "gcs"
-  root.mkdir()
-
-  class Mapped(LocalFileSystem):
-    """A local folder standing in for a bucket store: no folders needed before a write."""
-    protocol = ("gs", "gcs")
-    root_dir = str(root)
-
-    def __init__(self, *args, **kwargs):
-      kwargs.pop("finalize_on_close", None)
-      super().__init__(*args, auto_mkdir=True, **kwargs)
-
-    @classmethod
-    def _strip_protocol(cls, path):
-      path = os.fspath(path)
-      if path.startswith(("gs://", "gcs://")):
-        return os.path.join(cls.root_dir, path.split("://", 1)[1])
-      return super()._strip_protocol(path)
-
-    def glob(self, path, **kwargs):  # back to bucket paths (epath puts gs:// before them)
-      return [p[len(self.root_dir) + 1:] if p.startswith(self.root_dir + "/") else p
-              for p in super().glob(path, **kwargs)]
-
-  for protocol in ("gs", "gcs"):  # what fsspec.register_implementation does, undone after
-    monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, protocol, Mapped)
-  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-  backend.fsspec_backend._get_filesystem.cache_clear()
-  cwd = tmp_path / "cwd"
-  cwd.mkdir()
-  monkeypatch.chdir(cwd)
-  yield root
-  backend.fsspec_backend._get_filesystem.cache_clear()
-  assert not os.listdir(cwd), f"a path went around epath: {os.listdir(cwd)} in the cwd"
-
-
-def test_files_on_the_mapped_store(gcs):
+def test_files_on_the_mapped_store(gcs):  # noqa: F811
   files.write_json("gs://b/x/a.json", {"a": 1})
   assert (gcs / "b" / "x" / "a.json").is_file() and files.read_json("gs://b/x/a.json") == {"a": 1}
   with files.atomic_directory("gs://b/out") as tmp:
@@ -91,7 +43,7 @@ def _write_inputs(root: str) -> None:
   records.write_jsonl(f"{root}/scores.jsonl", scores)
 
 
-def test_prepare_stage_reads_and_writes_gs_paths(gcs, capsys):
+def test_prepare_stage_reads_and_writes_gs_paths(gcs, capsys):  # noqa: F811
   _write_inputs("gs://bucket/work")
   enc, calls = stand_in_encoders()
   with pytest.raises(SystemExit) as exit_:
@@ -123,11 +75,24 @@ def test_prepare_stage_reads_and_writes_gs_paths(gcs, capsys):
     np.testing.assert_allclose(ex["latent_mean"], enc.encode_video(clip[None])[0][0], atol=1e-6)
 
 
-def test_report_reads_and_writes_gs_paths(gcs):
-  _write_inputs("gs://bucket/work")
-  out = report.write_report("gs://bucket/work/report.html", config={"x": 1},
-                            manifest_before="gs://bucket/work/manifest.jsonl",
-                            scores_before="gs://bucket/work/scores.jsonl", scores_after=None)
-  assert out == "gs://bucket/work/report.html"
-  page = (gcs / "bucket" / "work" / "report.html").read_text()
-  assert page.startswith("<!doctype html>") and "Config" in page
+def test_report_stage_on_a_gs_workdir(gcs, capsys):  # noqa: F811
+  """`lift-jax report --workdir gs://...`: the loop's layout read from the store, the page
+  written there."""
+  w = "gs://bucket/run"
+  for name, rewards in (("eval_base", (0.05, 0.2)), ("eval_tuned", (0.9, 0.62))):
+    _write_inputs(f"{w}/{name}/generate")
+    files.makedirs(f"{w}/{name}/score")
+    records.write_jsonl(f"{w}/{name}/score/scores.jsonl", [
+        {"path": f"../generate/videos/v{i}.mp4", "reward": r, "labels": {"a": "Good"}}
+        for i, r in enumerate(rewards)])
+  records.write_jsonl(f"{w}/round1/train/train_history.jsonl",
+                      [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)])
+  files.write_json(f"{w}/config.json", {"rounds": 1, "marker": "from-the-store"})
+  with pytest.raises(SystemExit) as exit_:
+    cli.lift_jax(["lift-jax", "report", f"--workdir={w}"])
+  assert exit_.value.code in (0, None)
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["report"] == f"{w}/report.html" and summary["missing"] == []
+  page = (gcs / "bucket" / "run" / "report.html").read_text()
+  assert "mean reward 0.125 before, 0.760 after" in page
+  assert "from-the-store" in page and "Training" in page
