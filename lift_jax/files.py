@@ -1,5 +1,5 @@
-"""Files on any filesystem etils.epath knows (local, gs://, s3://, ...): written whole or not at all,
-and JSON read with an error that names the file.
+"""Files on any filesystem etils.epath knows (local, gs://, s3://, ...): written whole or not at
+all, and JSON read with an error that names the file.
 
 A leaf module (it imports nothing from lift_jax), so every layer can use it. Every user-given path
 (models, data, work dirs, outputs) goes through `etils.epath`, the layer orbax itself uses, so a
@@ -227,10 +227,13 @@ def local_output(path: str | os.PathLike) -> Iterator[str]:
 _MIRRORS: dict[str, str] = {}
 
 
-def local_mirror(path: str | os.PathLike) -> str:
-  """A local path with `path`'s content for as long as the process lives (readers that keep a
-  file open, e.g. ArrayRecord data sources): `path` itself when local, else a copy made once per
-  process and deleted at exit."""
+def local_mirror(path: str | os.PathLike | None) -> str | None:
+  """A local path with `path`'s content for as long as the process lives, for readers that keep
+  a file open or read only local files (ArrayRecord data sources, model folders: safetensors'
+  mmap, tokenizers): `path` itself when local (or None), else a copy made once per process and
+  deleted at exit (`original` maps a path inside it back)."""
+  if path is None:
+    return None
   path = os.fspath(path)
   if is_local(path):
     return path
@@ -242,6 +245,14 @@ def local_mirror(path: str | os.PathLike) -> str:
     _copy_tree(src, epath.Path(dst)) if src.is_dir() else src.copy(dst)
     _MIRRORS[path] = dst
   return _MIRRORS[path]
+
+
+def original(path: str | None) -> str | None:
+  """The user's path (`gs://...`) for a path inside a `local_mirror` copy; else `path`."""
+  for remote, local in _MIRRORS.items():
+    if path and (path == local or path.startswith(local + os.sep)):
+      return remote + path[len(local):]
+  return path
 
 
 def _copy_tree(src: epath.Path, dst: epath.Path) -> None:

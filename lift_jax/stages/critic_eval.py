@@ -75,7 +75,9 @@ def run(critic_path: str, data: str, *, lora: str | None = None, split: str = "t
     raise ValueError(f"{data}: no split {split!r} (has {sorted(splits)})")
   # Each process scores its share on its own devices: no collective spans hosts.
   m = parallel.mesh_from_config(mesh, jax.local_devices(), single_device_none=True)
-  critic = Critic.load(critic_path, lora, template=template, dtype=dtype, mesh=m)
+  # A critic on a URI is copied to local disk once (its readers take local files).
+  critic = Critic.load(files.local_mirror(critic_path), files.local_mirror(lora),
+                       template=template, dtype=dtype, mesh=m)
   want = (critic.config.image.height, critic.config.image.width)
   stored = tuple(hra.hra_metadata(data).get("image_size", want))
   if stored != want:

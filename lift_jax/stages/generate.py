@@ -144,12 +144,14 @@ def run(cfg, prompts_file: str, out: str, *, model: str | None = None,
   out = files.absolute(out)
   manifest = files.join(out, MANIFEST)
   m = cfg.model
-  root = model or m.root
+  # Model folders on a URI are copied to local disk once (their readers take local files).
+  root, transformer, vae, text_encoder, tokenizer, scheduler = map(files.local_mirror, (
+      model or m.root, m.transformer, m.vae, m.text_encoder, m.tokenizer, m.scheduler))
   # Cheap checks first: every component named and readable before any weights are loaded.
-  paths = pipeline_lib.resolve_paths(root, transformer=m.transformer, vae=m.vae,
-                                     text_encoder=m.text_encoder, tokenizer=m.tokenizer,
-                                     scheduler=m.scheduler)
-  if m.scheduler is None and paths.scheduler is None:
+  paths = pipeline_lib.resolve_paths(root, transformer=transformer, vae=vae,
+                                     text_encoder=text_encoder, tokenizer=tokenizer,
+                                     scheduler=scheduler)
+  if scheduler is None and paths.scheduler is None:
     pipeline_lib.load_schedule(None, m.schedule)  # a bad preset name fails here
   if cfg.sampling.sampler not in SAMPLERS:
     raise ValueError(f"config sampling.sampler={cfg.sampling.sampler!r}: expected one of "
@@ -181,7 +183,8 @@ def run(cfg, prompts_file: str, out: str, *, model: str | None = None,
              "processes": jax.process_count()}
   if not pending:
     _merge(manifest, extras if jax.process_index() == 0 else ())
-    summary.update(model=paths.to_json(), seconds=round(time.perf_counter() - start, 2))
+    summary.update(model={k: files.original(v) for k, v in paths.to_json().items()},
+                   seconds=round(time.perf_counter() - start, 2))
     return summary
 
   runtime.setup(cfg.get("compilation_cache"))
@@ -189,11 +192,11 @@ def run(cfg, prompts_file: str, out: str, *, model: str | None = None,
   mesh = parallel.mesh_from_config(cfg.mesh.to_dict(), jax.local_devices(),
                                    single_device_none=True)
   pipe = pipeline_lib.load_pipeline(
-      root, transformer=m.transformer, vae=m.vae, text_encoder=m.text_encoder,
-      tokenizer=m.tokenizer, scheduler=m.scheduler, schedule=m.schedule, dtype=dtype,
+      root, transformer=transformer, vae=vae, text_encoder=text_encoder,
+      tokenizer=tokenizer, scheduler=scheduler, schedule=m.schedule, dtype=dtype,
       param_dtype=m.param_dtype, vae_dtype=m.vae_dtype, text_encoder_dtype=m.text_encoder_dtype,
       mesh=mesh, attention_impl=m.attention_impl, vae_tiling=cfg.vae.tiling, progress=progress)
-  model_paths = {k: v and files.absolute(v) for k, v in pipe.paths.items()}
+  model_paths = {k: v and files.original(files.absolute(v)) for k, v in pipe.paths.items()}
   batch = cfg.batch_size or pipe.batch_ways
   s, v = cfg.sampling, cfg.video
 

@@ -220,6 +220,8 @@ def run(cfg, manifest: str | None, scores: str | None, out: str, *, real: str | 
     vae_path, t5_path, tok_path = vae or model, t5 or model, tokenizer or t5 or model
     if not (vae_path and t5_path and tok_path):
       raise ValueError("pass --model (a pipeline root) or all of --vae, --t5 and --tokenizer")
+    # Models on a URI are copied to local disk once (their readers take local files).
+    vae_path, t5_path, tok_path = map(files.local_mirror, (vae_path, t5_path, tok_path))
     encoders = load_encoders(vae_path, t5_path, tok_path, dtype=cfg.dtype,
                              text_batch=cfg.text_batch, vae_tiling=cfg.vae_tiling)
   clip = generated.ClipOptions(cfg.num_frames, cfg.height, cfg.width, cfg.frame_sampling,

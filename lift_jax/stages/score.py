@@ -493,10 +493,12 @@ def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: s
   """The stage from a critic config (configs/critic_13b.py): loads the critic and scores
   `manifest` (or LiFT's test.json) into `out`; returns the summary."""
   runtime.setup(cfg.get("compilation_cache"))
-  path = critic_path or cfg.critic.path
-  if not path:
+  given = critic_path or cfg.critic.path
+  if not given:
     raise ValueError("no critic: pass --critic (a VILA folder or converted critic) or set "
                      "--config.critic.path")
+  # A critic on a URI is copied to local disk once (its readers take local files).
+  path, lora_path = files.local_mirror(given), files.local_mirror(lora or cfg.critic.lora)
   mode = mode or cfg.mode
   rewards = reward_lib.RewardConfig.from_config(cfg.reward)
   sampling = scoring.sampling_settings(cfg.sampling)  # fail on bad settings before loading
@@ -509,7 +511,7 @@ def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: s
     # Each process scores its own videos on its own devices: no collective spans hosts.
     mesh = parallel.mesh_from_config(cfg.mesh.to_dict(), jax.local_devices(),
                                      single_device_none=True)
-  critic = Critic.load(path, lora or cfg.critic.lora, template=cfg.critic.template,
+  critic = Critic.load(path, lora_path, template=cfg.critic.template,
                        dtype=cfg.critic.dtype, param_dtype=cfg.critic.param_dtype,
                        attention_impl=cfg.critic.attention_impl, remat=cfg.critic.remat,
                        mesh=mesh, progress=progress)
@@ -519,7 +521,7 @@ def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: s
     summary = score_manifest(scorer, manifest, out, overwrite=overwrite, progress=progress,
                              read_workers=cfg.get("read_workers", 2), video_root=video_root,
                              lift_output=cfg.get("lift_output"))
-  summary["critic"] = {"path": files.absolute(path), "lora": lora or cfg.critic.lora,
+  summary["critic"] = {"path": files.absolute(given), "lora": lora or cfg.critic.lora,
                        "template": critic.template.name}
   return summary
 

@@ -160,11 +160,15 @@ def test_command_line_names_the_missing_checkpoint(work, tmp_path):
 
 
 def test_generate_reads_and_writes_gs_paths(work, gcs):  # noqa: F811
-  """The prompts and the output folder on `gs://` (mapped onto a temp folder, tests/stages/gcs.py):
-  the videos and the manifest land there, read back through the same scheme, and a re-run
-  resumes from them."""
+  """The models, the prompts and the output folder on `gs://` (mapped onto a temp folder,
+  tests/stages/gcs.py): the models are read (through a local copy), the videos and the manifest
+  land there, read back through the same scheme, and a re-run resumes from them."""
   files.write_text("gs://bucket/prompts.txt", PROMPTS_TXT)
-  cfg = _config(work["models"])
+  models = {}
+  for name, path in work["models"].items():
+    shutil.copytree(path, gcs / "bucket" / "models" / name)
+    models[name] = f"gs://bucket/models/{name}"
+  cfg = _config(models)
   summary = generate_stage.run(cfg, "gs://bucket/prompts.txt", "gs://bucket/gen",
                                num_videos_per_prompt=1, progress=False)
   assert (summary["out"], summary["videos"], summary["generated"]) == ("gs://bucket/gen", 3, 3)
@@ -174,6 +178,7 @@ def test_generate_reads_and_writes_gs_paths(work, gcs):  # noqa: F811
   rows = records.read_jsonl("gs://bucket/gen/manifest.jsonl")
   assert [(r["path"], r["seed"]) for r in rows] == [(f"videos/{k:05d}.mp4", 42 + k)
                                                     for k in range(3)]
+  assert {k: rows[0]["model"][k] for k in models} == models  # the user's paths, not the copies
   frames = read_video("gs://bucket/gen/videos/00001.mp4")
   assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3) and frames.std() > 1
   np.testing.assert_array_equal(frames, read_video(str(local / "videos" / "00001.mp4")))

@@ -144,13 +144,16 @@ def test_command_line(work, tmp_path):
 
 
 def test_score_reads_and_writes_gs_paths(work, gcs):  # noqa: F811
-  """The manifest, its videos and the scores on `gs://` (mapped onto a temp folder,
-  tests/stages/gcs.py): the scores land there beside the videos, with paths relative to them."""
+  """The critic, the manifest, its videos and the scores on `gs://` (mapped onto a temp folder,
+  tests/stages/gcs.py): the critic is read (through a local copy), the scores land beside the
+  videos, with paths relative to them."""
   shutil.copytree(os.path.dirname(work["manifest"]), gcs / "bucket" / "work" / "videos")
+  shutil.copytree(work["bad"], gcs / "bucket" / "critic")
   out = "gs://bucket/work/scores.jsonl"
   s = work["tool"].run(_config(), "gs://bucket/work/videos/manifest.jsonl", out,
-                       critic_path=work["bad"], progress=False)
+                       critic_path="gs://bucket/critic", progress=False)
   assert (s["out"], s["scored"], s["unreadable"]) == (out, 3, 1)
+  assert s["critic"]["path"] == "gs://bucket/critic"
   assert s["unreadable_videos"][0].startswith("gs://bucket/work/videos/corrupt.mp4")
   local = gcs / "bucket" / "work"
   assert sorted(os.listdir(local)) == ["critic_output_13b.json", "scores.jsonl",
