@@ -298,6 +298,9 @@ class Run:
     out = self._dir(spec["name"])
     files.makedirs(out)
     args = [str(a) for a in self._expand(list(spec.get("args") or ()), out)]
+    # A relative --config=FILE is looked up as the loop's own stage configs are.
+    args = [f"--config={self.stage_config(a[9:]) or a[9:]}" if a.startswith("--config=") else a
+            for a in args]
     log = os.path.join(out, "log.txt")
     if spec.get("module"):
       _module(spec["module"], args, log)
