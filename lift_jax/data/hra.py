@@ -406,6 +406,10 @@ def build_hra(out_dir: str, *, manual_dir: str | None = None,
   InternViT 448 for 40B). Written under `<out_dir>.tmp-*` and renamed into place at the end.
   """
   t0 = time.time()
+  # TFDS imported before the decode threads start: while its modules import, its lazy-import
+  # hook replaces builtins.__import__ and a relative import in another thread (PIL's, in a
+  # frame's tobytes) fails ("Relative import statements not supported").
+  arrayrecord.tfds()
   out_dir = files.absolute(out_dir)
   if files.exists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
