@@ -43,9 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
       critic_lora=CRITIC_LORA))  # the adapter the critic_sft stage trains
   c.real = ml_collections.config_dict.placeholder(str)
   c.real_weight = 1.0
-  # Tiny video: 9 frames at 32x48 pixels -> latents 3x4x6. Overrides are "field=value" strings
-  # passed to each stage's own config.
-  video = ["video.num_frames=9", "video.height=32", "video.width=48"]
+  # Tiny video: 9 frames at 16x16 pixels -> latents 3x2x2 (the readable VAE shows each latent
+  # cell as an 8x8 colour block). Overrides are "field=value" strings passed to each stage's config.
+  video = ["video.num_frames=9", "video.height=16", "video.width=16"]
   c.generate = ml_collections.ConfigDict(dict(
       config="configs/cogvideox_5b.py",
       overrides=["model.dtype=float32", "sampling.num_steps=4", "sampling.sampler=ddim",
@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
       # A tiny critic puts little mass on Good/Normal/Bad: take the argmax of the three anyway.
       overrides=["critic.dtype=float32", "reward.min_label_mass=0.0"]))
   c.prepare = ml_collections.ConfigDict(dict(args=[
-      "num_frames=9", "height=32", "width=48", "dtype=float32", "embed_dtype=float32"]))
+      "num_frames=9", "height=16", "width=16", "dtype=float32", "embed_dtype=float32"]))
   c.train = ml_collections.ConfigDict(dict(
       config="configs/lift_5b.py",
       overrides=["model.dtype=float32", "model.remat=none", "data.batch_size=8", "num_steps=32",
