@@ -77,13 +77,22 @@ def _flags(overrides):
   return [f"--config.{o}" for o in overrides]
 
 
+def _stage_config(path: str) -> str:
+  """A stage config for an extra stage's command line: as given if it exists from here, else
+  beside this clone's configs/ (so the demo runs from any working directory)."""
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  return os.path.join(os.path.dirname(HERE), path)
+
+
 def extra_stages(c) -> list:
   """The demo's stages besides the loop's own (see lift_jax/lift/runner.py, `extra_stages`)."""
-  gen = ([f"--config={c.generate.config}", "--model={pipeline}", "--config.seed={seed}",
-          "--noprogress"]
+  gen = ([f"--config={_stage_config(c.generate.config)}", "--model={pipeline}",
+          "--config.seed={seed}", "--noprogress"]
          + _flags(c.generate.overrides))
-  score = ([f"--config={c.score.config}", "--critic={critic}", f"--lora={CRITIC_LORA}",
-            f"--mode={c.score.mode}", "--noprogress"] + _flags(c.score.overrides))
+  score = ([f"--config={_stage_config(c.score.config)}", "--critic={critic}",
+            f"--lora={CRITIC_LORA}", f"--mode={c.score.mode}", "--noprogress"]
+           + _flags(c.score.overrides))
   eval_sets = {"base": "eval_base/generate", "reward-weighted": "eval_tuned/generate",
                "plain": "eval_control/generate"}
   return [
@@ -92,13 +101,13 @@ def extra_stages(c) -> list:
            args=["--manifest=train={workdir}/round1/generate/manifest.jsonl", "--out={dir}",
                  "--hra"]),
       dict(name="critic_sft", after="rate", tool="train_critic.py", summary="train_summary.json",
-           args=[f"--config={c.critic_sft.config}", "--workdir={dir}",
+           args=[f"--config={_stage_config(c.critic_sft.config)}", "--workdir={dir}",
                  "--config.critic.path={critic}", "--config.data.dir={dir}/hra",
                  "--config.data.manual_dir={workdir}/rate", "--noprogress"]
            + _flags(c.critic_sft.overrides)),
       dict(name="control/train", after="round1/train", tool="train.py",
            summary="train_summary.json",
-           args=[f"--config={c.train.config}", "--workdir={dir}",
+           args=[f"--config={_stage_config(c.train.config)}", "--workdir={dir}",
                  "--config.model.transformer={base_transformer}",
                  "--config.data.dir={workdir}/round1/prepare/dataset",
                  "--config.loss.mode=plain"] + _flags(c.train.overrides)),
