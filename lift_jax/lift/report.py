@@ -242,7 +242,8 @@ def write_report(out_html: str, *, config: dict[str, Any], scores_before: str | 
              str(base.get(d, {}).get("n", "–"))] for d, a in acc.items()]
     parts.append("<h2>The critic, trained on the ratings</h2>")
     parts.append(_table(["question", "held-out accuracy", "majority class", "ratings"], rows))
-    weak = [d for d, a in acc.items() if d in base and a <= 100 * base[d]["share"]]
+    # The summary's accuracy is rounded to 2 decimals: compare with the share rounded alike.
+    weak = [d for d, a in acc.items() if d in base and a <= round(100 * base[d]["share"], 2)]
     if weak:
       parts.append("<p class='warn'>The critic does not beat the majority class on "
                    f"{html.escape(', '.join(weak))}: its rewards carry little of the ratings' "
