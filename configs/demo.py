@@ -43,9 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
       critic_lora=CRITIC_LORA))  # the adapter the critic_sft stage trains
   c.real = ml_collections.config_dict.placeholder(str)
   c.real_weight = 1.0
-  # Tiny video: 9 frames at 32x48 pixels -> latents 3x4x6. Overrides are "field=value" strings
-  # passed to each stage's own config.
-  video = ["video.num_frames=9", "video.height=32", "video.width=48"]
+  # Tiny video: 9 frames at 16x16 pixels -> latents 3x2x2 (the readable VAE shows each latent
+  # cell as an 8x8 colour block). Overrides are "field=value" strings passed to each stage's config.
+  video = ["video.num_frames=9", "video.height=16", "video.width=16"]
   c.generate = ml_collections.ConfigDict(dict(
       config="configs/cogvideox_5b.py",
       overrides=["model.dtype=float32", "sampling.num_steps=4", "sampling.sampler=ddim",
@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
       # A tiny critic puts little mass on Good/Normal/Bad: take the argmax of the three anyway.
       overrides=["critic.dtype=float32", "reward.min_label_mass=0.0"]))
   c.prepare = ml_collections.ConfigDict(dict(args=[
-      "num_frames=9", "height=32", "width=48", "dtype=float32", "embed_dtype=float32"]))
+      "num_frames=9", "height=16", "width=16", "dtype=float32", "embed_dtype=float32"]))
   c.train = ml_collections.ConfigDict(dict(
       config="configs/lift_5b.py",
       overrides=["model.dtype=float32", "model.remat=none", "data.batch_size=8", "num_steps=32",
@@ -77,13 +77,22 @@ def _flags(overrides):
   return [f"--config.{o}" for o in overrides]
 
 
+def _stage_config(path: str) -> str:
+  """A stage config for an extra stage's command line: as given if it exists from here, else
+  beside this clone's configs/ (so the demo runs from any working directory)."""
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  return os.path.join(os.path.dirname(HERE), path)
+
+
 def extra_stages(c) -> list:
   """The demo's stages besides the loop's own (see lift_jax/lift/runner.py, `extra_stages`)."""
-  gen = ([f"--config={c.generate.config}", "--model={pipeline}", "--config.seed={seed}",
-          "--noprogress"]
+  gen = ([f"--config={_stage_config(c.generate.config)}", "--model={pipeline}",
+          "--config.seed={seed}", "--noprogress"]
          + _flags(c.generate.overrides))
-  score = ([f"--config={c.score.config}", "--critic={critic}", f"--lora={CRITIC_LORA}",
-            f"--mode={c.score.mode}", "--noprogress"] + _flags(c.score.overrides))
+  score = ([f"--config={_stage_config(c.score.config)}", "--critic={critic}",
+            f"--lora={CRITIC_LORA}", f"--mode={c.score.mode}", "--noprogress"]
+           + _flags(c.score.overrides))
   eval_sets = {"base": "eval_base/generate", "reward-weighted": "eval_tuned/generate",
                "plain": "eval_control/generate"}
   return [
@@ -91,21 +100,21 @@ def extra_stages(c) -> list:
            summary="summary.json",
            args=["--manifest=train={workdir}/round1/generate/manifest.jsonl", "--out={dir}",
                  "--hra"]),
-      dict(name="critic_sft", after="rate", tool="train_critic.py", summary="train_summary.json",
-           args=[f"--config={c.critic_sft.config}", "--workdir={dir}",
+      dict(name="critic_sft", after="rate", module="critic_train", summary="train_summary.json",
+           args=[f"--config={_stage_config(c.critic_sft.config)}", "--workdir={dir}",
                  "--config.critic.path={critic}", "--config.data.dir={dir}/hra",
                  "--config.data.manual_dir={workdir}/rate", "--noprogress"]
            + _flags(c.critic_sft.overrides)),
-      dict(name="control/train", after="round1/train", tool="train.py",
+      dict(name="control/train", after="round1/train", module="train",
            summary="train_summary.json",
-           args=[f"--config={c.train.config}", "--workdir={dir}",
+           args=[f"--config={_stage_config(c.train.config)}", "--workdir={dir}",
                  "--config.model.transformer={base_transformer}",
                  "--config.data.dir={workdir}/round1/prepare/dataset",
                  "--config.loss.mode=plain"] + _flags(c.train.overrides)),
-      dict(name="eval_control/generate", after="eval_tuned/score", tool="generate.py",
+      dict(name="eval_control/generate", after="eval_tuned/score", module="generate",
            args=gen + ["--prompts={eval_prompts}", "--out={dir}",
                        "--config.model.transformer={workdir}/control/train/transformer"]),
-      dict(name="eval_control/score", after="eval_control/generate", tool="score.py",
+      dict(name="eval_control/score", after="eval_control/generate", module="score",
            args=score + ["--manifest={workdir}/eval_control/generate/manifest.jsonl",
                          "--out={dir}/scores.jsonl"]),
       dict(name="rater_eval", after="eval_control/score", module="lift_jax.demo.rate",

@@ -76,11 +76,11 @@ def save_streaming(dst: str, kind: str, config: dict[str, Any],
       pending.clear()
 
     for path, array in arrays:
-      pending[path] = array
-      size += array.nbytes
-      if size >= group_bytes:
+      if pending and size + array.nbytes > group_bytes:  # a group never outgrows its budget
         flush()
         size = 0
+      pending[path] = array
+      size += array.nbytes
     if pending or not groups:
       flush()
     files.write_json(os.path.join(tmp, META_FILE), {"format": FORMAT_VERSION, "kind": kind,

@@ -17,6 +17,8 @@ import sys
 import uuid
 from typing import Any, Callable, Iterable
 
+from lift_jax import files
+
 _BUILDERS: dict[str, type] = {}
 
 
@@ -77,9 +79,15 @@ def write_arrayrecord(out_dir: str, *, name: str, features, splits: dict[str, It
   examples are consumed (reports and logs). An existing `out_dir` is an error unless `overwrite`.
   """
   t = tfds()
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
+  out_dir = files.absolute(out_dir)
+  if files.exists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+  if not files.is_local(out_dir):  # ArrayRecord writes local files: build here, then upload
+    with files.local_output(out_dir) as local:
+      write_arrayrecord(local, name=name, features=features, splits=splits,
+                        description=description, metadata=metadata, extra_files=extra_files)
+      files.rmtree(out_dir)  # the old one goes only once the new one is built
+    return out_dir
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp_root = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
@@ -114,15 +122,15 @@ def write_arrayrecord(out_dir: str, *, name: str, features, splits: dict[str, It
 
 def open_arrayrecord(path: str, *, what: str, how: str) -> dict[str, Any]:
   """split -> random-access source of a TFDS ArrayRecord folder; a clear error if it is not one."""
-  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+  if not files.isfile(files.join(path, "dataset_info.json")):
     raise FileNotFoundError(f"{path}: not {what} (no dataset_info.json); {how}")
-  return dict(tfds().builder_from_directory(path).as_data_source())
+  # The ArrayRecord reader reads local files: a remote dataset is copied once per process.
+  return dict(tfds().builder_from_directory(files.local_mirror(path)).as_data_source())
 
 
 def dataset_metadata(path: str) -> dict[str, Any]:
   """metadata.json of a dataset folder ({} if absent)."""
-  file = os.path.join(path, "metadata.json")
-  if not os.path.isfile(file):
+  file = files.join(path, "metadata.json")
+  if not files.isfile(file):
     return {}
-  with open(file, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(files.read_text(file))

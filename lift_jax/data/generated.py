@@ -22,7 +22,6 @@ import collections
 import dataclasses
 import json
 import logging
-import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -30,6 +29,7 @@ import ml_dtypes
 import numpy as np
 from tqdm.auto import tqdm
 
+from lift_jax import files
 from lift_jax.data import arrayrecord
 from lift_jax.data import video as video_lib
 from lift_jax.data.records import RewardRecord
@@ -169,19 +169,40 @@ def encode_records(records: Sequence[RewardRecord], encode_video: EncodeVideo,
                    encode_text: EncodeText, *, clip: ClipOptions | None = None,
                    latent_dtype: str = "float32", embed_dtype: str = "bfloat16",
                    text_batch: int = 8, report: PrepareReport | None = None,
-                   progress: Any = None) -> Iterator[tuple[str, dict]]:
-  """Yields (split, example) per readable video, decoding and encoding each once.
+                   progress: Any = None, video_batch: int = 1) -> Iterator[tuple[str, dict]]:
+  """Yields (split, example) per readable video, in record order, decoding and encoding each once.
 
   Unreadable videos (`VideoReadError`) and videos shorter than the clip are skipped, logged and
-  added to `report.skipped`; encoder errors propagate. Captions are embedded `text_batch` at a time.
-  `progress` (a tqdm bar or None) is advanced once per record.
+  added to `report.skipped`; encoder errors propagate. Captions are embedded `text_batch` at a time,
+  clips `video_batch` at a time (one `encode_video` call on `[B,3,F,H,W]`; the last call may be
+  smaller). `progress` (a tqdm bar or None) is advanced once per record.
   """
   clip = clip or ClipOptions()
   report = report if report is not None else PrepareReport()
   want = video_lib.clip_frame_indices(10**9, clip.num_frames, "first").size  # 4k+1 trim
   lat_dt, emb_dt = _np_dtype(latent_dtype), _np_dtype(embed_dtype)
-  texts = _TextCache(encode_text, emb_dt, size=max(256, 2 * text_batch))
-  shapes = None
+  texts = _TextCache(encode_text, emb_dt, size=max(256, 2 * text_batch, 2 * video_batch))
+  shapes: list = []  # the first example's (latent shape, embedding shape)
+  pending: list[tuple[RewardRecord, np.ndarray]] = []
+
+  def encode(group):
+    mean, logvar = encode_video(np.stack([x for _, x in group]))
+    mean, logvar = np.asarray(mean).astype(lat_dt), np.asarray(logvar).astype(lat_dt)
+    for (rec, _), m, lv in zip(group, mean, logvar):
+      emb = texts[rec.caption]
+      if not shapes:
+        shapes.append((m.shape, emb.shape))
+      elif (m.shape, emb.shape) != shapes[0]:
+        raise ValueError(f"{rec.path}: latents {m.shape} / embeddings {emb.shape} differ from "
+                         f"the first example's {shapes[0]}")
+      split = "real" if rec.is_real else "synthetic"
+      report.written[split] += 1
+      if progress is not None:
+        progress.update(1)
+      yield split, {"latent_mean": m, "latent_logvar": lv, "text_embeds": emb,
+                    "reward": np.float32(rec.reward), "is_real": bool(rec.is_real),
+                    "all_good": bool(rec.all_good), "caption": rec.caption, "path": rec.path}
+
   for start in range(0, len(records), text_batch):
     chunk = records[start:start + text_batch]
     texts.fill([r.caption for r in chunk])
@@ -202,21 +223,12 @@ def encode_records(records: Sequence[RewardRecord], encode_video: EncodeVideo,
         if progress is not None:
           progress.update(1)
         continue
-      mean, logvar = encode_video(x[None])
-      mean, logvar = np.asarray(mean)[0].astype(lat_dt), np.asarray(logvar)[0].astype(lat_dt)
-      emb = texts[rec.caption]
-      if shapes is None:
-        shapes = (mean.shape, emb.shape)
-      elif (mean.shape, emb.shape) != shapes:
-        raise ValueError(f"{rec.path}: latents {mean.shape} / embeddings {emb.shape} differ from "
-                         f"the first example's {shapes}")
-      split = "real" if rec.is_real else "synthetic"
-      report.written[split] += 1
-      if progress is not None:
-        progress.update(1)
-      yield split, {"latent_mean": mean, "latent_logvar": logvar, "text_embeds": emb,
-                    "reward": np.float32(rec.reward), "is_real": bool(rec.is_real),
-                    "all_good": bool(rec.all_good), "caption": rec.caption, "path": rec.path}
+      pending.append((rec, x))
+      if len(pending) >= video_batch:
+        yield from encode(pending)
+        pending = []
+  if pending:
+    yield from encode(pending)
 
 
 def prepare_reward_dataset(records: Sequence[RewardRecord], out_dir: str, *,
@@ -224,15 +236,15 @@ def prepare_reward_dataset(records: Sequence[RewardRecord], out_dir: str, *,
                            scaling_factor: float, clip: ClipOptions | None = None,
                            latent_dtype: str = "float32", embed_dtype: str = "bfloat16",
                            text_batch: int = 8, overwrite: bool = False, progress: bool = True,
-                           metadata: dict | None = None) -> PrepareReport:
+                           metadata: dict | None = None, video_batch: int = 1) -> PrepareReport:
   """Encodes every record once and writes the prepared dataset (see the module docstring).
 
   The encoders are passed in (the tool wires the real VAE and T5; tests pass small stand-ins).
   Bad videos are skipped and counted, never fatal; if none is readable nothing is written.
   """
   clip = clip or ClipOptions()
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
+  out_dir = files.absolute(out_dir)
+  if files.exists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
   report = PrepareReport()
   t0 = time.time()
@@ -241,7 +253,8 @@ def prepare_reward_dataset(records: Sequence[RewardRecord], out_dir: str, *,
   by_split = {s: [r for r in records if r.is_real == (s == "real")] for s in SPLITS}
   streams = {s: encode_records(by_split[s], encode_video, encode_text, clip=clip,
                                latent_dtype=latent_dtype, embed_dtype=embed_dtype,
-                               text_batch=text_batch, report=report, progress=bar)
+                               text_batch=text_batch, report=report, progress=bar,
+                               video_batch=video_batch)
              for s in SPLITS}
   # Peek at each split's first example: the feature shapes come from it, and a split with no
   # readable video must be left out (TFDS has no empty splits).

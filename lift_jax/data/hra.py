@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from lift_jax import files
 from lift_jax.data import arrayrecord
 from lift_jax.data import video as video_lib
 from lift_jax.models.critic import vocabulary
@@ -405,8 +406,12 @@ def build_hra(out_dir: str, *, manual_dir: str | None = None,
   InternViT 448 for 40B). Written under `<out_dir>.tmp-*` and renamed into place at the end.
   """
   t0 = time.time()
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
+  # TFDS imported before the decode threads start: while its modules import, its lazy-import
+  # hook replaces builtins.__import__ and a relative import in another thread (PIL's, in a
+  # frame's tobytes) fails ("Relative import statements not supported").
+  arrayrecord.tfds()
+  out_dir = files.absolute(out_dir)
+  if files.exists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
   if sources is None:
     if manual_dir is None:
@@ -481,11 +486,10 @@ def hra_metadata(path: str) -> dict[str, Any]:
 
 def hra_texts(path: str) -> dict[str, list[list[str]]]:
   """texts.json: per split, [video_id, dimension, user_text, answer] of every example."""
-  file = os.path.join(path, TEXTS_FILE)
-  if not os.path.isfile(file):
+  file = files.join(path, TEXTS_FILE)
+  if not files.isfile(file):
     raise FileNotFoundError(f"{file}: missing (rebuild the dataset with lift_jax.data.hra)")
-  with open(file, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(files.read_text(file))
 
 
 def text(value: Any) -> str:

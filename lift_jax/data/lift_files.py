@@ -17,6 +17,7 @@ import json
 import os
 from typing import Any, Iterable, Sequence
 
+from lift_jax import files
 from lift_jax.data.records import RewardRecord, resolve
 from lift_jax.models.critic.vocabulary import QUESTION_KEYS
 
@@ -26,8 +27,7 @@ CRITIC_OUTPUT_13B = "critic_output_13b.json"
 def read_list(path: str, what: str) -> list[dict[str, Any]]:
   """A JSON list of objects; errors name the file and the entry."""
   try:
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
+    text = files.read_text(path)
   except OSError as err:
     raise ValueError(f"{path}: cannot read {what} ({err})") from err
   try:
@@ -65,11 +65,11 @@ def _video_caption(row: dict, where: str) -> tuple[str, str]:
 def read_critic_inputs(path: str, video_root: str | None = None) -> list[dict[str, Any]]:
   """LiFT's test.json -> rows {"row", "resolved", "caption"} (the score stage's input rows);
   "video" resolves against `video_root` (default: the file's folder)."""
-  root = os.path.abspath(video_root or os.path.dirname(os.path.abspath(path)))
+  root = files.absolute(video_root) if video_root else files.parent(path)
   rows, seen = [], set()
   for i, row in enumerate(read_list(path, "LiFT's critic input list (test.json)")):
     video, caption = _video_caption(row, f"{path}[{i}]")
-    resolved = os.path.normpath(os.path.join(root, os.path.expanduser(video)))
+    resolved = files.resolve(video, root)
     if resolved in seen:
       raise ValueError(f"{path}[{i}]: video {resolved} is listed twice")
     seen.add(resolved)
@@ -97,11 +97,7 @@ def read_critic_output(path: str) -> list[dict[str, Any]]:
 
 def write_json_list(path: str, items: Iterable[dict[str, Any]]) -> str:
   """A JSON list (indented as LiFT's scripts write them), atomically."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(list(items), f, indent=4, ensure_ascii=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  files.write_text(path, json.dumps(list(items), indent=4, ensure_ascii=False) + "\n")
   return path
 
 
@@ -117,7 +113,7 @@ def read_data_json(path: str, video_root: str | None = None) -> list[RewardRecor
     except (TypeError, ValueError):
       raise ValueError(f"{where}: field 'score' must be a number, got {row.get('score')!r}") \
           from None
-    base = os.path.join(os.path.abspath(video_root), "x") if video_root else path
+    base = files.join(files.absolute(video_root), "x") if video_root else path
     out.append(RewardRecord(resolve(video, base), caption, score, False, score >= 0.9 - 1e-6))
   return out
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from typing import Any, Iterable, Sequence
+
+from lift_jax import files
 
 from lift_jax.models.critic.vocabulary import parse_label
 
@@ -59,7 +60,7 @@ class JoinResult:
 def read_jsonl(path: str) -> list[dict[str, Any]]:
   """The objects of a JSON Lines file (blank lines skipped); errors name the file and line."""
   out = []
-  with open(path, encoding="utf-8") as f:
+  with files.open_file(path) as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -74,21 +75,18 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 
 
 def write_jsonl(path: str, rows: Iterable[dict[str, Any]]) -> str:
-  """Writes JSON Lines atomically (temporary name, then rename)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
+  """Writes JSON Lines atomically (temporary name, then rename), on every process that calls it
+  (a per-process shard is each process's own)."""
+  with files.atomic_file(path, own=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
     for row in rows:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
   return path
 
 
 def resolve(path: str, jsonl_path: str) -> str:
-  """A record's path as an absolute, normalised path (relative ones against the JSONL's folder)."""
-  path = os.path.expanduser(path)
-  if not os.path.isabs(path):
-    path = os.path.join(os.path.dirname(os.path.abspath(jsonl_path)), path)
-  return os.path.normpath(path)
+  """A record's path as an absolute, normalised path or URI (relative ones against the JSONL's
+  folder)."""
+  return files.resolve(path, files.parent(jsonl_path))
 
 
 def _field(row: dict, keys: Sequence[str], where: str, kind: type | tuple = str):

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from lift_jax import files
+
 FRAME_SAMPLING = ("first", "uniform", "stride")
 RESIZE_MODES = ("squash", "crop")
 # libx264 options that make an encode a function of its frames alone (see `write_video`).
@@ -55,7 +57,8 @@ def to_uint8_frames(video: np.ndarray) -> np.ndarray:
 
 def write_video(path: str, video: np.ndarray, fps: float = 8, *, crf: int = 18,
                 preset: str = "medium", deterministic: bool = True) -> str:
-  """Writes an H.264 (yuv420p) mp4, atomically: a temporary name in the same folder, then rename.
+  """Writes an H.264 (yuv420p) mp4, atomically: a temporary name in the same folder, then rename
+(to a URI: encoded locally, then uploaded whole).
 
   `video` is uint8 `[F,H,W,3]` or float `[3,F,H,W]` in [-1,1]; H and W must be even (yuv420p).
   8 fps is what CogVideoX exports. Returns `path`.
@@ -74,6 +77,14 @@ def write_video(path: str, video: np.ndarray, fps: float = 8, *, crf: int = 18,
   if h % 2 or w % 2:
     raise ValueError(f"{path}: H.264 yuv420p needs even height and width, got {h}x{w}")
   path = os.fspath(path)
+  with files.local_output(path) as local:  # the muxer writes local files only
+    _write_local(av, local, frames, fps=fps, crf=crf, preset=preset, deterministic=deterministic)
+  return path
+
+
+def _write_local(av, path: str, frames: np.ndarray, *, fps, crf, preset, deterministic) -> None:
+  """`frames` encoded to a local mp4 under a temporary name, renamed at the end."""
+  h, w = frames.shape[1:3]
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
@@ -93,7 +104,6 @@ def write_video(path: str, video: np.ndarray, fps: float = 8, *, crf: int = 18,
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-  return path
 
 
 # ----------------------------------------------------------------------------- read
@@ -109,10 +119,16 @@ def read_video(path: str, indices: Sequence[int] | None = None, *,
   """
   av = _av()
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise VideoReadError(path, "no such file")
-  if os.path.getsize(path) == 0:
-    raise VideoReadError(path, "empty file (0 bytes)")
+  with files.local_copy(path) as local:  # the codec reads local files only
+    if os.path.getsize(local) == 0:
+      raise VideoReadError(path, "empty file (0 bytes)")
+    return _read_local(av, path, local, indices, size)
+
+
+def _read_local(av, path: str, local: str, indices, size) -> np.ndarray:
+  """read_video of the local file `local` (errors name the user's `path`)."""
   wanted = None if indices is None else [int(i) for i in indices]
   if wanted is not None and any(i < 0 for i in wanted):
     raise ValueError(f"{path}: negative frame index in {wanted}")
@@ -121,7 +137,7 @@ def read_video(path: str, indices: Sequence[int] | None = None, *,
   frames: dict[int, np.ndarray] | list[np.ndarray] = [] if wanted is None else {}
   count = 0
   try:
-    with av.open(path, "r") as container:
+    with av.open(local, "r") as container:
       if not container.streams.video:
         raise VideoReadError(path, "no video stream")
       stream = container.streams.video[0]
@@ -156,10 +172,10 @@ def count_frames(path: str) -> int:
   """The number of decodable frames (decodes the stream: container headers can lie)."""
   av = _av()
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise VideoReadError(path, "no such file")
   try:
-    with av.open(path, "r") as container:
+    with files.local_copy(path) as local, av.open(local, "r") as container:
       if not container.streams.video:
         raise VideoReadError(path, "no video stream")
       n = sum(1 for _ in container.decode(container.streams.video[0]))

@@ -6,8 +6,10 @@
 root/
   CogVideoX-5b-tiny/   a diffusers CogVideoXPipeline folder: model_index.json, transformer/
                        (3D RoPE, 5B-style), vae/ (4 blocks: the real 4x temporal / 8x spatial
-                       compression), text_encoder/ (T5 v1.1-style), tokenizer/ (a sentencepiece
-                       unigram model trained here, saved as transformers' T5Tokenizer),
+                       compression; "readable": its weights set so that latent channels 0-2
+                       are the pixels' colour, `demo.readable_vae`), text_encoder/ (T5
+                       v1.1-style), tokenizer/ (a sentencepiece unigram model trained here,
+                       saved as transformers' T5Tokenizer),
                        scheduler/ (5B's settings)
   VILA1.5-13b-tiny/    a VILA-1.5-13B-style critic: config.json, llm/ (Llama + a sentencepiece BPE
                        tokenizer with byte fallback, like Vicuna's), vision_tower/ (SigLIP),
@@ -36,6 +38,7 @@ from typing import Any, Mapping
 import jax
 from flax import nnx
 
+from lift_jax.demo import readable_vae
 from lift_jax.models import cogvideox, critic, llama, siglip, t5
 from lift_jax.models.cogvideox.vae_params import export_vae
 from lift_jax.models.critic import prompts as critic_prompts
@@ -43,7 +46,7 @@ from lift_jax.models.critic.export import export_vila
 from lift_jax.models.t5.params import export_encoder
 
 MANIFEST = "demo_assets.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PIPELINE_DIR = "CogVideoX-5b-tiny"
 CRITIC_DIR = "VILA1.5-13b-tiny"
 
@@ -66,6 +69,8 @@ DEFAULTS: dict[str, Any] = {
     # diffusers AutoencoderKLCogVideoX: 4 blocks as upstream, tiny widths; 5B's scaling factor.
     "vae": dict(block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=4,
                 scaling_factor=0.7),
+    # The VAE's weights set so that pixels = gain x latent channels 0-2 (None: random weights).
+    "readable_vae": dict(gain=0.5),
     # transformers T5EncoderModel (v1.1: gated GELU); d_model follows text_embed_dim.
     "text_encoder": dict(d_kv=16, d_ff=128, num_layers=2, num_heads=4,
                          feed_forward_proj="gated-gelu"),
@@ -271,8 +276,10 @@ def write_pipeline(dst: str, cfg: dict[str, Any], seed: int) -> None:
                              os.path.join(dst, "transformer"))
   vae_cfg = cogvideox.CogVideoXVAEConfig.from_diffusers_config(cfg["vae"])
   vae_cfg.validate()
-  export_vae(cogvideox.AutoencoderKLCogVideoX(vae_cfg, rngs=_rngs(seed + 1)),
-             os.path.join(dst, "vae"))
+  vae = cogvideox.AutoencoderKLCogVideoX(vae_cfg, rngs=_rngs(seed + 1))
+  if cfg["readable_vae"].get("gain"):
+    readable_vae.make_readable(vae, float(cfg["readable_vae"]["gain"]))
+  export_vae(vae, os.path.join(dst, "vae"))
   export_encoder(t5.T5Encoder(t5.T5Config.from_hf_config(te), rngs=_rngs(seed + 2)),
                  os.path.join(dst, "text_encoder"))
   os.makedirs(os.path.join(dst, "scheduler"))

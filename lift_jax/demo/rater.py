@@ -1,6 +1,7 @@
 """The demo's stand-in for LiFT's human annotators: written rules about what a video looks like.
 
-The demo's generator is tiny and random: its 9-frame, 32x48 clips are fields of coloured blocks.
+The demo's generator is tiny and random: its 9-frame, 16x16 clips are 2x2 coloured blocks (the
+readable VAE shows each latent cell as its colour, `demo.readable_vae`).
 A person rating such clips against the critic's three questions would still agree on a few things,
 and these are the rules (one measure per question, read from the decoded mp4 like a viewer would):
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -55,7 +55,7 @@ class EvalResult:
 
 def evaluate(critic, source, *, mode: str = "logits", batch_size: int = 8,
              prompt_style: str = "inference", max_new_tokens: int = 64, limit: int | None = None,
-             progress: bool = False) -> EvalResult:
+             progress: bool = False, indices: Sequence[int] | None = None) -> EvalResult:
   """Label accuracy of `critic` (a `models.critic.Critic`) on an HRA split (`open_hra(..)[split]`).
 
   mode "logits": argmax of `Critic.label_probs`; "generate": the label at the start of a greedy
@@ -63,20 +63,22 @@ def evaluate(critic, source, *, mode: str = "logits", batch_size: int = 8,
   and as unparseable).
   prompt_style "inference": `caption + question` as LiFT's run_critic asks; "train": the human
   turn as trained on (the caption after a space). The last short batch is padded with copies so
-  every call has one shape.
+  every call has one shape. `indices`: only these ratings (a process's share of the split); each
+  prediction carries its rating's index, so shares merge back (`from_predictions`).
   """
   if mode not in SCORING_MODES:
     raise ValueError(f"mode must be one of {SCORING_MODES}, got {mode!r}")
   if prompt_style not in ("inference", "train"):
     raise ValueError(f"prompt_style must be 'inference' or 'train', got {prompt_style!r}")
-  dims = list(QUESTION_KEYS)
-  result = EvalResult(mode, {d: 0 for d in dims}, {d: 0 for d in dims})
+  predictions: list[dict[str, Any]] = []
   n = len(source) if limit is None else min(limit, len(source))
+  indices = list(range(n)) if indices is None else [i for i in indices if i < n]
   bar = None
   if progress:
-    bar = tqdm(total=n, desc=f"eval ({mode})", unit="rating")
-  for start in range(0, n, batch_size):
-    rows = [source[i] for i in range(start, min(start + batch_size, n))]
+    bar = tqdm(total=len(indices), desc=f"eval ({mode})", unit="rating")
+  for start in range(0, len(indices), batch_size):
+    batch_indices = indices[start:start + batch_size]
+    rows = [source[i] for i in batch_indices]
     real = len(rows)
     rows += [rows[-1]] * (batch_size - real)
     frames = [np.asarray(r["frames"]) for r in rows]
@@ -89,19 +91,29 @@ def evaluate(critic, source, *, mode: str = "logits", batch_size: int = 8,
     else:
       answers = critic.generate(frames, captions, questions, max_new_tokens=max_new_tokens)
       preds = [parse_label(a) for a in answers]
-    for r, pred, ans in list(zip(rows, preds, answers))[:real]:
-      dim, label = text(r["dimension"]), text(r["label"])
-      result.total[dim] += 1
-      result.correct[dim] += int(pred == label)
-      result.unparseable += int(pred is None)
-      row = {"video_id": text(r["video_id"]), "dimension": dim, "label": label, "pred": pred}
+    for index, r, pred, ans in list(zip(batch_indices, rows, preds, answers))[:real]:
+      row = {"index": index, "video_id": text(r["video_id"]), "dimension": text(r["dimension"]),
+             "label": text(r["label"]), "pred": pred}
       if ans is not None:
         row["answer"] = ans
-      result.predictions.append(row)
+      predictions.append(row)
     if bar is not None:
       bar.update(real)
   if bar is not None:
     bar.close()
+  return from_predictions(mode, predictions)
+
+
+def from_predictions(mode: str, predictions: Sequence[dict[str, Any]]) -> EvalResult:
+  """The counts of `predictions` (rows of `evaluate`, maybe from several processes), in rating
+  order."""
+  dims = list(QUESTION_KEYS)
+  result = EvalResult(mode, {d: 0 for d in dims}, {d: 0 for d in dims})
+  for row in sorted(predictions, key=lambda r: r["index"]):
+    result.total[row["dimension"]] += 1
+    result.correct[row["dimension"]] += int(row["pred"] == row["label"])
+    result.unparseable += int(row["pred"] is None)
+    result.predictions.append(row)
   result.total = {d: c for d, c in result.total.items() if c}
   result.correct = {d: result.correct[d] for d in result.total}
   return result

@@ -17,11 +17,11 @@ import collections
 import html
 import io
 import json
-import os
 from typing import Any, Sequence
 
 import numpy as np
 
+from lift_jax import files
 from lift_jax.data import video as video_lib
 from lift_jax.models.critic.vocabulary import LABELS
 
@@ -29,17 +29,15 @@ BASE, TUNED = "base", "fine-tuned"
 
 
 def _read_jsonl(path: str | None) -> list[dict[str, Any]]:
-  if not path or not os.path.isfile(path):
+  if not path or not files.isfile(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def _read_json(path: str | None) -> dict[str, Any]:
-  if not path or not os.path.isfile(path):
+  if not path or not files.isfile(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(files.read_text(path))
 
 
 def _plt():
@@ -141,7 +139,7 @@ def frame_strip(sets: list[tuple[str, list[dict], str]], max_videos: int = 4,
   for i, k in enumerate(keys):
     for j, ((name, _, root), b) in enumerate(zip(sets, by_key)):
       row = b[k]
-      path = row["path"] if os.path.isabs(row["path"]) else os.path.join(root, row["path"])
+      path = files.resolve(row["path"], root)
       try:
         clip = video_lib.read_video(path)
       except Exception:  # a missing video leaves its row blank rather than failing the report
@@ -237,20 +235,21 @@ def write_report(out_html: str, *, config: dict[str, Any], scores_before: str | 
   summary = _read_json(critic.get("summary"))
   acc = ((summary.get("eval") or {}).get("logits") or {}).get("accuracy")
   if acc:
-    base = majority_baseline(os.path.join(critic["data"], "texts.json")
+    base = majority_baseline(files.join(critic["data"], "texts.json")
                              if critic.get("data") else None)
     rows = [[html.escape(d), f"{a:.1f} %",
              f"{100 * base[d]['share']:.1f} % ({base[d]['label']})" if d in base else "–",
              str(base.get(d, {}).get("n", "–"))] for d, a in acc.items()]
     parts.append("<h2>The critic, trained on the ratings</h2>")
     parts.append(_table(["question", "held-out accuracy", "majority class", "ratings"], rows))
-    weak = [d for d, a in acc.items() if d in base and a <= 100 * base[d]["share"]]
+    # The summary's accuracy is rounded to 2 decimals: compare with the share rounded alike.
+    weak = [d for d, a in acc.items() if d in base and a <= round(100 * base[d]["share"], 2)]
     if weak:
       parts.append("<p class='warn'>The critic does not beat the majority class on "
                    f"{html.escape(', '.join(weak))}: its rewards carry little of the ratings' "
                    "judgement there.</p>")
 
-  sets = [(g, _read_jsonl(m), os.path.dirname(m)) for g, m in manifests.items() if m]
+  sets = [(g, _read_jsonl(m), files.parent(m)) for g, m in manifests.items() if m]
   strip = frame_strip([s for s in sets if s[1]])
   if strip:
     parts.append("<h2>Same prompts and seeds, one row per generator</h2>")
@@ -280,8 +279,5 @@ def write_report(out_html: str, *, config: dict[str, Any], scores_before: str | 
           "td:first-child,th:first-child{text-align:left}.verdict{font-size:1.15em}"
           ".note{color:#555;font-size:.9em}.warn{color:#a40}</style></head><body>"
           + "\n".join(parts) + "</body></html>")
-  tmp = out_html + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(page)
-  os.replace(tmp, out_html)
+  files.write_text(out_html, page)
   return out_html

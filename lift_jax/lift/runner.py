@@ -42,6 +42,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from lift_jax import files
 from lift_jax.lift import report
 from lift_jax.parallel import distributed
 
@@ -87,10 +88,11 @@ def _tool(name: str, args: list[str], log_path: str, paths: Sequence[str] = ()) 
   index = distributed.process_index_from_env()
   if index:
     log_path = f"{os.path.splitext(log_path)[0]}-{index}.txt"
-  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  files.makedirs(files.parent(log_path))
   path = os.pathsep.join(p for p in (PACKAGE_PARENT, *paths, os.environ.get("PYTHONPATH")) if p)
   env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
-  with open(log_path, "a", encoding="utf-8") as log:
+  # A log under a URI is written locally and uploaded when the child ends.
+  with files.local_output(log_path) as local_log, open(local_log, "a", encoding="utf-8") as log:
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
@@ -110,15 +112,14 @@ def _module(module: str, args: list[str], log_path: str) -> None:
 
 
 def _read_json(path: str) -> dict:
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(files.read_text(path))
 
 
 def _mean_reward(scores: str) -> float | None:
-  if not os.path.isfile(scores):
+  if not files.isfile(scores):
     return None
-  with open(scores, encoding="utf-8") as f:
-    rewards = [json.loads(line).get("reward") for line in f if line.strip()]
+  rewards = [json.loads(line).get("reward") for line in files.read_text(scores).splitlines()
+             if line.strip()]
   rewards = [r for r in rewards if r is not None]
   return sum(rewards) / len(rewards) if rewards else None
 
@@ -128,7 +129,7 @@ class Run:
 
   def __init__(self, config, workdir: str, config_file: str | None = None):
     self.config = config
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = files.absolute(workdir)
     # Relative stage configs ("configs/lift_5b.py") are looked up from the working directory,
     # then beside the run config (its folder and the folder above), then in the source checkout.
     here = os.path.dirname(os.path.abspath(config_file)) if config_file else None
@@ -295,15 +296,18 @@ class Run:
 
   def _extra(self, spec: dict) -> dict:
     out = self._dir(spec["name"])
-    os.makedirs(out, exist_ok=True)
+    files.makedirs(out)
     args = [str(a) for a in self._expand(list(spec.get("args") or ()), out)]
+    # A relative --config=FILE is looked up as the loop's own stage configs are.
+    args = [f"--config={self.stage_config(a[9:]) or a[9:]}" if a.startswith("--config=") else a
+            for a in args]
     log = os.path.join(out, "log.txt")
     if spec.get("module"):
       _module(spec["module"], args, log)
     else:
       _tool(spec["tool"], args, log)
     summary = os.path.join(out, spec["summary"]) if spec.get("summary") else None
-    return _read_json(summary) if summary and os.path.isfile(summary) else {}
+    return _read_json(summary) if summary and files.isfile(summary) else {}
 
   def _report(self) -> dict:
     if not self.primary:
@@ -388,29 +392,27 @@ class Run:
     for stage in plan:
       for need in stage.needs:
         producer = next((s for s in self.stages() if need.startswith(self._dir(s.name))), None)
-        if producer and producer.name not in selected and not os.path.exists(need):
+        if producer and producer.name not in selected and not files.exists(need):
           raise ConfigError(f"stage {stage.name} needs {need}, made by stage {producer.name}: "
                             f"run it first (add '{producer.kind}' to --stages)")
-    os.makedirs(self.workdir, exist_ok=True)
+    files.makedirs(self.workdir)
     if self.primary:
-      with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(self.config.to_dict(), f, indent=2, default=str)
+      files.write_text(os.path.join(self.workdir, "config.json"),
+                       json.dumps(self.config.to_dict(), indent=2, default=str))
     self.resolve_models(create=True)
     results = {}
     for stage in plan:
       done = os.path.join(self._dir(stage.name), DONE)
-      if os.path.isfile(done):
+      if files.isfile(done):
         print(f"[lift] {stage.name}: done, skipped", flush=True)
         results[stage.name] = _read_json(done)
         continue
       print(f"[lift] {stage.name} ...", flush=True)
       start = time.perf_counter()
       summary = dict(stage.run() or {}, seconds=round(time.perf_counter() - start, 1))
-      os.makedirs(self._dir(stage.name), exist_ok=True)
+      files.makedirs(self._dir(stage.name))
       if self.primary:
-        with open(done + ".tmp", "w", encoding="utf-8") as f:
-          json.dump(summary, f, indent=2, default=str)
-        os.replace(done + ".tmp", done)
+        files.write_text(done, json.dumps(summary, indent=2, default=str))
       print(f"[lift] {stage.name}: {json.dumps(summary, default=str)}", flush=True)
       results[stage.name] = summary
     return results

@@ -28,10 +28,12 @@ COMMANDS = {
     "score": "score",            # videos -> critic answers -> rewards (scores.jsonl)
     "prepare": "prepare",        # manifest + scores -> training set (latents, embeddings, rewards)
     "train": "train",            # reward-weighted fine-tuning -> checkpoints, transformer
+    "report": "report",          # the run's HTML report from the loop's files
     "loop": "loop",              # the whole LiFT loop in one resumable command
     "convert": "convert",        # upstream PyTorch folders -> converted checkpoints
     "export": "convert:export_main",  # converted / fine-tuned -> upstream (diffusers) layout
     "train-critic": "critic_train",   # LoRA SFT of the LiFT-Critic on HRA
+    "eval-critic": "critic_eval",     # the critic's label accuracy on HRA (Table 2)
 }
 _DEFINED: dict = {}  # define_flags -> the names of the flags it defined
 # Errors from bad input: one line on stderr, exit code 2 (a traceback would hide the culprit).

@@ -21,8 +21,6 @@ depend on the number of processes, and each process resumes its own share.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from concurrent import futures
@@ -32,7 +30,7 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from lift_jax import parallel, runtime
+from lift_jax import files, parallel, runtime
 from lift_jax.data import records, video as video_lib
 from lift_jax.diffusion import pipeline as pipeline_lib
 from lift_jax.diffusion.samplers import SAMPLERS
@@ -47,10 +45,9 @@ SETTINGS = ("num_frames", "height", "width", "sampler", "num_steps", "guidance_s
 
 def read_prompts(path: str) -> list[str]:
   """Non-blank lines not starting with '#', stripped."""
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"prompts file {path}: does not exist")
-  with open(path, encoding="utf-8") as f:
-    prompts = [line.strip() for line in f]
+  prompts = [line.strip() for line in files.read_text(path).splitlines()]
   prompts = [p for p in prompts if p and not p.startswith("#")]
   if not prompts:
     raise ValueError(f"prompts file {path}: no prompts (blank lines and # comments are skipped)")
@@ -81,10 +78,10 @@ def settings_of(cfg, dtype: str) -> dict:
 
 def read_manifest(path: str) -> list[dict]:
   """The manifest's rows; a cut last line (a run killed while appending) is dropped."""
-  if not os.path.exists(path):
+  if not files.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+  lines = [(n, line) for n, line in enumerate(files.read_text(path).splitlines(), 1)
+           if line.strip()]
   rows = []
   for pos, (n, line) in enumerate(lines):
     try:
@@ -106,11 +103,11 @@ def finished(out: str, rows: list[dict], planned: list[dict], settings: dict,
   counts if its video exists and its prompt, seed and settings match this run; a mismatch is an
   error (the old video would silently stand for a different one). Rows of `others` (paths another
   process makes) are left to that process."""
-  manifest = os.path.join(out, MANIFEST)
+  manifest = files.join(out, MANIFEST)
   by_path = {p["path"]: p for p in planned}
   keep, done = [], set()
   for row in rows:
-    if row["path"] in others or not os.path.isfile(os.path.join(out, row["path"])):
+    if row["path"] in others or not files.isfile(files.join(out, row["path"])):
       continue  # another host's, or listed but missing: made again
     want = by_path.get(row["path"])
     if want is not None:
@@ -144,15 +141,17 @@ def run(cfg, prompts_file: str, out: str, *, model: str | None = None,
   prompts = read_prompts(prompts_file)
   nvp = num_videos_per_prompt or cfg.num_videos_per_prompt
   planned = plan(prompts, nvp, cfg.seed)
-  out = os.path.abspath(out)
-  manifest = os.path.join(out, MANIFEST)
+  out = files.absolute(out)
+  manifest = files.join(out, MANIFEST)
   m = cfg.model
-  root = model or m.root
+  # Model folders on a URI are copied to local disk once (their readers take local files).
+  root, transformer, vae, text_encoder, tokenizer, scheduler = map(files.local_mirror, (
+      model or m.root, m.transformer, m.vae, m.text_encoder, m.tokenizer, m.scheduler))
   # Cheap checks first: every component named and readable before any weights are loaded.
-  paths = pipeline_lib.resolve_paths(root, transformer=m.transformer, vae=m.vae,
-                                     text_encoder=m.text_encoder, tokenizer=m.tokenizer,
-                                     scheduler=m.scheduler)
-  if m.scheduler is None and paths.scheduler is None:
+  paths = pipeline_lib.resolve_paths(root, transformer=transformer, vae=vae,
+                                     text_encoder=text_encoder, tokenizer=tokenizer,
+                                     scheduler=scheduler)
+  if scheduler is None and paths.scheduler is None:
     pipeline_lib.load_schedule(None, m.schedule)  # a bad preset name fails here
   if cfg.sampling.sampler not in SAMPLERS:
     raise ValueError(f"config sampling.sampler={cfg.sampling.sampler!r}: expected one of "
@@ -162,13 +161,12 @@ def run(cfg, prompts_file: str, out: str, *, model: str | None = None,
   own = shards.shard_path(manifest)  # this process's manifest (the manifest for one process)
   if overwrite:
     if jax.process_index() == 0:
-      if os.path.exists(manifest):
-        os.remove(manifest)
-      shutil.rmtree(os.path.join(out, VIDEOS), ignore_errors=True)
-    if own != manifest and os.path.exists(own):
-      os.remove(own)
+      files.remove(manifest)
+      files.rmtree(files.join(out, VIDEOS))
+    if own != manifest:
+      files.remove(own)
     parallel.barrier(f"generate-overwrite:{out}")
-  os.makedirs(os.path.join(out, VIDEOS), exist_ok=True)
+  files.makedirs(files.join(out, VIDEOS))
   mine = parallel.process_share(planned)
   others = {p["path"] for p in planned} - {p["path"] for p in mine}
   rows = read_manifest(manifest) + (read_manifest(own) if own != manifest else [])
@@ -185,7 +183,8 @@ def run(cfg, prompts_file: str, out: str, *, model: str | None = None,
              "processes": jax.process_count()}
   if not pending:
     _merge(manifest, extras if jax.process_index() == 0 else ())
-    summary.update(model=paths.to_json(), seconds=round(time.perf_counter() - start, 2))
+    summary.update(model={k: files.original(v) for k, v in paths.to_json().items()},
+                   seconds=round(time.perf_counter() - start, 2))
     return summary
 
   runtime.setup(cfg.get("compilation_cache"))
@@ -193,11 +192,11 @@ def run(cfg, prompts_file: str, out: str, *, model: str | None = None,
   mesh = parallel.mesh_from_config(cfg.mesh.to_dict(), jax.local_devices(),
                                    single_device_none=True)
   pipe = pipeline_lib.load_pipeline(
-      root, transformer=m.transformer, vae=m.vae, text_encoder=m.text_encoder,
-      tokenizer=m.tokenizer, scheduler=m.scheduler, schedule=m.schedule, dtype=dtype,
+      root, transformer=transformer, vae=vae, text_encoder=text_encoder,
+      tokenizer=tokenizer, scheduler=scheduler, schedule=m.schedule, dtype=dtype,
       param_dtype=m.param_dtype, vae_dtype=m.vae_dtype, text_encoder_dtype=m.text_encoder_dtype,
       mesh=mesh, attention_impl=m.attention_impl, vae_tiling=cfg.vae.tiling, progress=progress)
-  model_paths = {k: v and os.path.abspath(v) for k, v in pipe.paths.items()}
+  model_paths = {k: v and files.original(files.absolute(v)) for k, v in pipe.paths.items()}
   batch = cfg.batch_size or pipe.batch_ways
   s, v = cfg.sampling, cfg.video
 
@@ -205,10 +204,8 @@ def run(cfg, prompts_file: str, out: str, *, model: str | None = None,
     """Videos first (each atomically), then their manifest rows: a row means a finished video."""
     videos = np.asarray(videos)  # waits for the device here, not in the sampling loop
     for row, frames in zip(rows, videos):
-      video_lib.write_video(os.path.join(out, row["path"]), frames, fps=v.fps)
-    with open(own, "a", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+      video_lib.write_video(files.join(out, row["path"]), frames, fps=v.fps)
+    files.append_lines(own, [json.dumps(row, ensure_ascii=False) for row in rows])
 
   sample_start = time.perf_counter()
   bar = tqdm(total=len(pending), unit="video", disable=not progress, desc="generate")

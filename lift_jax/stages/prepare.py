@@ -29,9 +29,7 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import pickle
-import shutil
 import time
 from typing import Callable, Sequence
 
@@ -41,9 +39,10 @@ import ml_collections
 import numpy as np
 from absl import flags
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from lift_jax import parallel, runtime
+from lift_jax import files, parallel, runtime
 from lift_jax.data import generated, lift_files, records as records_lib, video
 from lift_jax.models.cogvideox.vae_params import load_vae
 from lift_jax.models.t5.params import load_encoder
@@ -60,19 +59,36 @@ class Encoders:
 
 
 def load_encoders(vae_path: str, t5_path: str, tokenizer_path: str, *, dtype: str,
-                  text_batch: int, vae_tiling: bool) -> Encoders:
-  """The real VAE and T5, each call jitted at one shape (text batches are padded to text_batch)."""
+                  text_batch: int, vae_tiling: bool, devices=None) -> Encoders:
+  """The real VAE and T5, each call jitted at one shape (text batches are padded to text_batch).
+
+  A batch of clips is split over `devices` (default: this process's own) along the batch, the VAE
+  replicated on each: a batch not a multiple of their number is padded with copies of its last
+  clip."""
+  devices = list(devices or jax.local_devices())
   vae = load_vae(vae_path, dtype=dtype)
   if vae_tiling:
     vae.enable_tiling()
+  batch_sharding = None
+  if len(devices) > 1:
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    nnx.update(vae, jax.device_put(nnx.state(vae), NamedSharding(mesh, P())))
+    batch_sharding = NamedSharding(mesh, P("data"))
   tokenizer = CogVideoXTokenizer.from_pretrained(tokenizer_path)
   t5 = load_encoder(t5_path, dtype=dtype)
   graphdef, state = nnx.split(t5)
   t5_fn = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids).astype(jnp.float32))
 
   def encode_video(x):
-    mean, logvar = vae.encode(jnp.asarray(x))
-    return np.asarray(mean), np.asarray(logvar)
+    n = x.shape[0]
+    if batch_sharding is None:
+      mean, logvar = vae.encode(jax.device_put(x, devices[0]))
+      return np.asarray(mean), np.asarray(logvar)
+    pad = (-n) % len(devices)
+    if pad:
+      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+    mean, logvar = vae.encode(jax.device_put(x, batch_sharding))
+    return np.asarray(mean)[:n], np.asarray(logvar)[:n]
 
   def encode_text(prompts):
     ids = np.asarray(tokenizer.encode(list(prompts)))
@@ -96,6 +112,8 @@ def default_config() -> ml_collections.ConfigDict:
       resize="squash",              # squash to HxW (LiFT's trainer) or scale and center-crop
       latent_dtype="float32", embed_dtype="bfloat16",
       text_batch=8,                 # captions per T5 call
+      video_batch=0,                # clips per VAE call, split over this process's devices
+                                    # (0: one clip per local device)
       compilation_cache=ml_collections.config_dict.placeholder(str)))
 
 
@@ -117,12 +135,12 @@ def _encode_parts(records, out: str, encoders: Encoders, clip, cfg, progress: bo
              generated.encode_records([r for _, r in mine], encoders.encode_video,
                                       encoders.encode_text, clip=clip,
                                       latent_dtype=cfg.latent_dtype, embed_dtype=cfg.embed_dtype,
-                                      text_batch=cfg.text_batch, report=report)]
-  os.makedirs(parts, exist_ok=True)
-  name = os.path.join(parts, f"part-{jax.process_index():05d}-of-{jax.process_count():05d}.pkl")
-  with open(name + ".tmp", "wb") as f:
+                                      text_batch=cfg.text_batch, report=report,
+                                      video_batch=_video_batch(cfg))]
+  files.makedirs(parts)
+  name = files.join(parts, f"part-{jax.process_index():05d}-of-{jax.process_count():05d}.pkl")
+  with files.atomic_file(name, own=True) as tmp, open(tmp, "wb") as f:
     pickle.dump({"examples": encoded, "skipped": report.skipped}, f)
-  os.replace(name + ".tmp", name)
   return parts
 
 
@@ -132,8 +150,8 @@ def _write_from_parts(parts: str, out: str, *, scaling_factor: float, clip, cfg,
   t0 = time.time()
   report = generated.PrepareReport()
   encoded = []
-  for name in sorted(os.listdir(parts)):
-    with open(os.path.join(parts, name), "rb") as f:
+  for name in files.listdir(parts):
+    with files.open_file(files.join(parts, name), "rb") as f:
       part = pickle.load(f)
     encoded += part["examples"]
     report.skipped += part["skipped"]
@@ -158,6 +176,10 @@ def _write_from_parts(parts: str, out: str, *, scaling_factor: float, clip, cfg,
                           embed_dtype=cfg.embed_dtype, metadata=meta,
                           extra_files={generated.PREPARE_LOG: log_text}, overwrite=overwrite)
   return report
+
+
+def _video_batch(cfg) -> int:
+  return cfg.video_batch or jax.local_device_count()
 
 
 def join_inputs(cfg, manifest: str | None, scores: str | None, real: str | None,
@@ -188,8 +210,8 @@ def run(cfg, manifest: str | None, scores: str | None, out: str, *, real: str | 
   (tests)."""
   _check(cfg)
   runtime.setup(cfg.compilation_cache)
-  out = os.path.abspath(out)
-  if os.path.exists(out) and not overwrite:
+  out = files.absolute(out)
+  if files.exists(out) and not overwrite:
     raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
   joined = join_inputs(cfg, manifest, scores, real, data_json, video_root)
   if export_data_json and jax.process_index() == 0:
@@ -198,20 +220,23 @@ def run(cfg, manifest: str | None, scores: str | None, out: str, *, real: str | 
     vae_path, t5_path, tok_path = vae or model, t5 or model, tokenizer or t5 or model
     if not (vae_path and t5_path and tok_path):
       raise ValueError("pass --model (a pipeline root) or all of --vae, --t5 and --tokenizer")
+    # Models on a URI are copied to local disk once (their readers take local files).
+    vae_path, t5_path, tok_path = map(files.local_mirror, (vae_path, t5_path, tok_path))
     encoders = load_encoders(vae_path, t5_path, tok_path, dtype=cfg.dtype,
                              text_batch=cfg.text_batch, vae_tiling=cfg.vae_tiling)
   clip = generated.ClipOptions(cfg.num_frames, cfg.height, cfg.width, cfg.frame_sampling,
                                cfg.resize)
-  metadata = {"manifest": manifest and os.path.abspath(manifest),
-              "scores": scores and os.path.abspath(scores),
-              "data_json": data_json and os.path.abspath(data_json),
-              "real": real and os.path.abspath(real), "real_weight": cfg.real_weight,
+  metadata = {"manifest": manifest and files.absolute(manifest),
+              "scores": scores and files.absolute(scores),
+              "data_json": data_json and files.absolute(data_json),
+              "real": real and files.absolute(real), "real_weight": cfg.real_weight,
               "unscored": len(joined.unscored)}
   if jax.process_count() == 1:
     report = generated.prepare_reward_dataset(
         joined.records, out, encode_video=encoders.encode_video,
         encode_text=encoders.encode_text, scaling_factor=encoders.scaling_factor, clip=clip,
         latent_dtype=cfg.latent_dtype, embed_dtype=cfg.embed_dtype, text_batch=cfg.text_batch,
+        video_batch=_video_batch(cfg),
         overwrite=overwrite, progress=progress, metadata=metadata)
   else:
     parts = _encode_parts(joined.records, out, encoders, clip, cfg, progress)
@@ -220,12 +245,13 @@ def run(cfg, manifest: str | None, scores: str | None, out: str, *, real: str | 
       if jax.process_index() == 0:
         report = _write_from_parts(parts, out, scaling_factor=encoders.scaling_factor, clip=clip,
                                    cfg=cfg, metadata=metadata, overwrite=overwrite)
-        shutil.rmtree(parts, ignore_errors=True)
+        files.rmtree(parts)
     finally:
       parallel.barrier(f"prepare-written:{out}")
     if jax.process_index() != 0:
-      report = generated.PrepareReport(**{k: v for k, v in json.load(open(
-          os.path.join(out, generated.PREPARE_LOG))).items() if k in ("written", "skipped")})
+      log = json.loads(files.read_text(files.join(out, generated.PREPARE_LOG)))
+      report = generated.PrepareReport(**{k: v for k, v in log.items()
+                                          if k in ("written", "skipped")})
   summary = {"out": out, **report.to_json(), "unscored": len(joined.unscored),
              "unknown_scores": len(joined.unknown)}
   summary["skipped"] = [f"{s['path']}: {s['reason']}" for s in report.skipped]

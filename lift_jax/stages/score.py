@@ -38,7 +38,7 @@ from absl import flags
 from flax import nnx
 from tqdm import tqdm
 
-from lift_jax import parallel, runtime
+from lift_jax import files, parallel, runtime
 from lift_jax.data import lift_files
 from lift_jax.data import records as records_lib
 from lift_jax.data import video as video_lib
@@ -177,9 +177,9 @@ def output_paths(out: str) -> tuple[str, str]:
 
 def _read_rows_repairing(path: str) -> list[dict]:
   """The rows of an appended JSONL file; a torn last line (a killed writer) is cut off."""
-  if not os.path.exists(path):
+  if not files.exists(path):
     return []
-  with open(path, "rb") as f:
+  with files.open_file(path, "rb") as f:
     data = f.read()
   rows, good_end, pos = [], 0, 0
   for raw in data.splitlines(keepends=True):
@@ -204,14 +204,18 @@ def _read_rows_repairing(path: str) -> list[dict]:
     rows.append(obj)
     good_end = pos
   if good_end < len(data):
-    with open(path, "r+b") as f:
-      f.truncate(good_end)
+    if files.is_local(path):
+      with open(path, "r+b") as f:
+        f.truncate(good_end)
+    else:  # an object is rewritten, not truncated
+      with files.open_file(path, "wb") as f:
+        f.write(data[:good_end])
   return rows
 
 
 def is_lift_list(path: str) -> bool:
   """Whether `path` is LiFT's test.json (a JSON list) rather than a manifest (JSON Lines)."""
-  with open(path, encoding="utf-8") as f:
+  with files.open_file(path) as f:
     head = f.read(4096).lstrip()
   return head.startswith("[")
 
@@ -247,16 +251,23 @@ def _manifest_rows(manifest: str) -> list[dict]:
 
 def _row_path(row_path: str, resolved: str, out: str) -> str:
   """The path as scores.jsonl stores it: relative to its folder when the manifest's was relative."""
-  if os.path.isabs(os.path.expanduser(row_path)):
+  if not files.is_local(row_path) or os.path.isabs(os.path.expanduser(row_path)):
     return resolved
-  return os.path.relpath(resolved, os.path.dirname(os.path.abspath(out)))
+  return files.relpath(resolved, files.parent(out))
 
 
-def _append(f, rows: Iterable[dict]) -> None:
-  for row in rows:
-    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  f.flush()
-  os.fsync(f.fileno())
+def _append(path: str, rows: Iterable[dict]) -> None:
+  """Rows appended to a JSONL file and on disk (fsync'd) before the next batch is scored."""
+  lines = [json.dumps(row, ensure_ascii=False) for row in rows]
+  if not lines:
+    return
+  if not files.is_local(path):
+    files.append_lines(path, lines)
+    return
+  with open(path, "a", encoding="utf-8") as f:
+    f.write("".join(line + "\n" for line in lines))
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _read_pixels(scorer: Scorer, path: str, read: Callable[[str], np.ndarray]):
@@ -285,17 +296,16 @@ def score_manifest(scorer: Scorer, manifest: str, out: str, *, overwrite: bool =
   """
   read = read or video_lib.read_video
   start = time.perf_counter()
-  out = os.path.abspath(out)
+  out = files.absolute(out)
   unparsed_path, summary_path = output_paths(out)
   own_out = shards.shard_path(out)  # this process's scores (`out` itself for one process)
   own_unparsed = shards.shard_path(unparsed_path)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
+  files.makedirs(files.parent(out))
   items = read_inputs(manifest, video_root)
   if overwrite:
     for p in ({out, unparsed_path, summary_path} if jax.process_index() == 0 else set()) | {
         own_out, own_unparsed}:
-      if os.path.exists(p):
-        os.remove(p)
+      files.remove(p)
     parallel.barrier(f"score-overwrite:{out}")
   merged_rows = _read_rows_repairing(out)
   merged_unparsed = _read_rows_repairing(unparsed_path)
@@ -321,9 +331,9 @@ def score_manifest(scorer: Scorer, manifest: str, out: str, *, overwrite: bool =
   if progress:
     bar = tqdm(total=len(todo), desc=f"score ({scorer.mode})", unit="video", dynamic_ncols=True)
   rewards_now: list[float] = []
-  with open(own_out, "a", encoding="utf-8") as fout, \
-       open(own_unparsed, "a", encoding="utf-8") as fbad, \
-       concurrent.futures.ThreadPoolExecutor(max(1, read_workers)) as pool:
+  for path in (own_out, own_unparsed):  # both exist after a run, even empty
+    files.append_lines(path, [])
+  with concurrent.futures.ThreadPoolExecutor(max(1, read_workers)) as pool:
     lookahead = 2 * scorer.batch_videos
     futures = collections.deque()
     queue = iter(todo)
@@ -364,8 +374,8 @@ def score_manifest(scorer: Scorer, manifest: str, out: str, *, overwrite: bool =
         (good if res.ok else bad).append(row)
         if res.ok:
           rewards_now.append(res.reward)
-      _append(fout, good)
-      _append(fbad, bad)
+      _append(own_out, good)
+      _append(own_unparsed, bad)
       scored_now += len(good)
       unparsed_now += len(bad)
       if bar is not None:
@@ -383,7 +393,7 @@ def score_manifest(scorer: Scorer, manifest: str, out: str, *, overwrite: bool =
   summary = summarize(manifest, out, items, scorer.mode)
   if lift_output and jax.process_index() == 0:
     summary["lift_output"] = write_lift_output(
-        os.path.join(os.path.dirname(out), lift_output), out, items)
+        files.join(files.parent(out), lift_output), out, items)
   seconds = time.perf_counter() - start
   summary.update({
       "unreadable": len(unreadable), "unreadable_videos": unreadable,
@@ -396,11 +406,7 @@ def score_manifest(scorer: Scorer, manifest: str, out: str, *, overwrite: bool =
                    **stats.to_json()},
   })
   if jax.process_index() == 0:
-    tmp = f"{summary_path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2, ensure_ascii=False)
-      f.write("\n")
-    os.replace(tmp, summary_path)
+    files.write_text(summary_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
   return summary
 
 
@@ -426,7 +432,7 @@ def summarize(manifest: str, out: str, items: Sequence[dict] | None = None,
                 for a in (r.get("answers") or {}).values())
   masses = [m for r in rows + bad_rows for m in (r.get("label_mass") or {}).values()]
   summary = {
-      "mode": mode, "manifest": os.path.abspath(manifest), "out": out,
+      "mode": mode, "manifest": files.absolute(manifest), "out": out,
       "unparsed_file": unparsed_path, "summary_file": summary_path,
       "videos_in_manifest": len(items), "scored": len(rows),
       "unparseable_videos": len(bad_rows),
@@ -487,10 +493,12 @@ def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: s
   """The stage from a critic config (configs/critic_13b.py): loads the critic and scores
   `manifest` (or LiFT's test.json) into `out`; returns the summary."""
   runtime.setup(cfg.get("compilation_cache"))
-  path = critic_path or cfg.critic.path
-  if not path:
+  given = critic_path or cfg.critic.path
+  if not given:
     raise ValueError("no critic: pass --critic (a VILA folder or converted critic) or set "
                      "--config.critic.path")
+  # A critic on a URI is copied to local disk once (its readers take local files).
+  path, lora_path = files.local_mirror(given), files.local_mirror(lora or cfg.critic.lora)
   mode = mode or cfg.mode
   rewards = reward_lib.RewardConfig.from_config(cfg.reward)
   sampling = scoring.sampling_settings(cfg.sampling)  # fail on bad settings before loading
@@ -503,7 +511,7 @@ def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: s
     # Each process scores its own videos on its own devices: no collective spans hosts.
     mesh = parallel.mesh_from_config(cfg.mesh.to_dict(), jax.local_devices(),
                                      single_device_none=True)
-  critic = Critic.load(path, lora or cfg.critic.lora, template=cfg.critic.template,
+  critic = Critic.load(path, lora_path, template=cfg.critic.template,
                        dtype=cfg.critic.dtype, param_dtype=cfg.critic.param_dtype,
                        attention_impl=cfg.critic.attention_impl, remat=cfg.critic.remat,
                        mesh=mesh, progress=progress)
@@ -513,7 +521,7 @@ def run(cfg, manifest: str, out: str, *, critic_path: str | None = None, lora: s
     summary = score_manifest(scorer, manifest, out, overwrite=overwrite, progress=progress,
                              read_workers=cfg.get("read_workers", 2), video_root=video_root,
                              lift_output=cfg.get("lift_output"))
-  summary["critic"] = {"path": os.path.abspath(path), "lora": lora or cfg.critic.lora,
+  summary["critic"] = {"path": files.absolute(given), "lora": lora or cfg.critic.lora,
                        "template": critic.template.name}
   return summary
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 import jax
 
-from lift_jax import parallel
+from lift_jax import files, parallel
 from lift_jax.data import records
 
 
@@ -24,13 +24,13 @@ def shard_path(path: str, index: int | None = None, count: int | None = None) ->
   count = jax.process_count() if count is None else count
   if count == 1:
     return path
-  stem, ext = os.path.splitext(path)
+  stem, ext = os.path.splitext(path)  # string work: a URI keeps its scheme
   return f"{stem}-{index:05d}-of-{count:05d}{ext}"
 
 
 def read_rows(path: str, read: Callable[[str], list[dict]] = records.read_jsonl) -> list[dict]:
   """The rows of `path` (none when it does not exist)."""
-  return read(path) if os.path.exists(path) else []
+  return read(path) if files.exists(path) else []
 
 
 def merge(path: str, order: Callable[[dict], object], *, keep: Iterable[dict] = (),
@@ -47,7 +47,6 @@ def merge(path: str, order: Callable[[dict], object], *, keep: Iterable[dict] = 
     rows = list(keep) + sorted((r for s in shards for r in read_rows(s, read)), key=order)
     records.write_jsonl(path, rows)
     for s in shards:
-      if os.path.exists(s):
-        os.remove(s)
+      files.remove(s)
   parallel.barrier(f"shards-merged:{path}")
   return read_rows(path, read)

@@ -1,6 +1,8 @@
 """The demo's plan: the runner places the config's extra stages where they say and fills in
 their paths; a malformed extra stage is named before any work."""
 
+import os
+
 import pytest
 
 from configs import demo
@@ -53,3 +55,10 @@ def test_bad_extra_stage_is_named(tmp_path, bad, message):
   with pytest.raises(runner.ConfigError, match=message):
     run, plan = _plan(tmp_path, extra_stages=stages)
     run._extra_specs() and [run._expand(s.get("args") or []) for s in run._extra_specs()]
+
+
+def test_extra_stage_configs_are_found_from_any_working_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  configs = [a.partition("=")[2] for s in demo.get_config().extra_stages
+             for a in s.get("args") or () if a.startswith("--config=")]
+  assert len(configs) == 4 and all(os.path.isfile(p) for p in configs), configs

@@ -29,7 +29,7 @@ CASES = {
 }
 
 
-@nnx.jit
+@nnx.jit(graph_updates=False)  # read-only: no copy of the weights as outputs
 def _forward(model, latents, text, timesteps, ofs):
   return model(latents, text, timesteps, ofs=ofs)
 

@@ -43,17 +43,19 @@ CAPTION = "A panda eats bamboo."
 VOCAB = 8000
 
 
-@nnx.jit
+# graph_updates=False: the forwards only read the model; graph-mode nnx.jit returns the whole state
+# as program outputs, a copy of every weight (3.5 GB more on the 40b case).
+@nnx.jit(graph_updates=False)
 def _critic_forward(model, px, ids, slots, mask):
   return model(px, ids, slots, mask)
 
 
-@nnx.jit
+@nnx.jit(graph_updates=False)
 def _lm_forward(model, ids):
   return model(ids)
 
 
-@nnx.jit(static_argnames="layer")
+@nnx.jit(static_argnames="layer", graph_updates=False)
 def _tower(model, px, layer):
   return model.features(px, layer=layer)
 
@@ -105,12 +107,20 @@ def _critic_logits(model, tok, video, question):
   return np.asarray(logits)[0][b.attention_mask[0]], px
 
 
-def _converted_critic_err(root, tmp_path, tok, video, question, want):
-  model = critic.load_critic(hub.converted("vila-critic", root, str(tmp_path / "converted")))
-  err = rel_err(_critic_logits(model, tok, video, question)[0], want)
-  del model
-  gc.collect()
-  return err
+def _critic_errs(root, tmp_path, tok, video, question, want, px, stages):
+  """`load_critic` on the VILA folder, then on its converted checkpoint, each freed before the
+  next: the critic's errors against `want` (its pixels must be the reference's `px`)."""
+  errs = {}
+  for how, path in (("critic", root), ("critic converted", None)):
+    model = critic.load_critic(path or hub.converted("vila-critic", root,
+                                                     str(tmp_path / "converted")))
+    got, our_px = _critic_logits(model, tok, video, question)
+    np.testing.assert_array_equal(our_px[0], px)
+    errs[how] = rel_err(got, want)
+    del model
+    gc.collect()
+    stages.mark("load_critic" if path else "converter + load")
+  return errs
 
 
 @pytest.mark.slow
@@ -161,14 +171,7 @@ def test_vila15_13b(tmp_path):
   gc.collect()
   stages.mark("reference")
 
-  errs = {}
-  model = critic.load_critic(root)
-  got, our_px = _critic_logits(model, tok, video, question)
-  np.testing.assert_array_equal(our_px[0], px)
-  errs["critic"] = rel_err(got, want)
-  del model
-  gc.collect()
-  stages.mark("load_critic")
+  errs = _critic_errs(root, tmp_path, tok, video, question, want, px, stages)
   tower = siglip.load(root)  # the VILA root: vision_tower/
   errs["siglip last"] = rel_err(tower(jnp.asarray(px)), want_tower.last_hidden_state)
   errs["siglip [-2]"] = rel_err(_tower(tower, jnp.asarray(px), -2), want_tower.hidden_states[-2])
@@ -179,8 +182,6 @@ def test_vila15_13b(tmp_path):
   del lm
   gc.collect()
   stages.mark("siglip.load + llama.load")
-  errs["critic converted"] = _converted_critic_err(root, tmp_path, tok, video, question, want)
-  stages.mark("converter + load")
   hub.report(f"VILA1.5-13b (SigLIP 2 layers @384 -> 27x27, Llama-2-13B 1 layer, vocab {VOCAB}, "
              f"{frames} frames)", start, stages, **errs)
   assert max(errs.values()) <= 1e-5, errs
@@ -230,19 +231,12 @@ def test_vila15_40b(tmp_path):
   gc.collect()
   stages.mark("reference")
 
-  errs = {}
-  model = critic.load_critic(root)
-  errs["critic"] = rel_err(_critic_logits(model, tok, video, question)[0], want)
-  del model
-  gc.collect()
-  stages.mark("load_critic")
+  errs = _critic_errs(root, tmp_path, tok, video, question, want, px, stages)
   tower = intern_vit.load(root)
   errs["intern_vit"] = rel_err(_tower(tower, jnp.asarray(px), -1), want_tower)
   del tower
   gc.collect()
   stages.mark("intern_vit.load")
-  errs["critic converted"] = _converted_critic_err(root, tmp_path, tok, video, question, want)
-  stages.mark("converter + load")
   hub.report(f"VILA1.5-40b (InternViT-6B 1 layer @448, Yi-34B 1 layer, vocab {VOCAB}, "
              f"{frames} frame)", start, stages, **errs)
   assert max(errs.values()) <= 1e-5, errs

@@ -10,12 +10,14 @@ import sys
 import numpy as np
 import pytest
 
+from lift_jax import files
 from lift_jax.models import convert
 from lift_jax.checkpoint.safetensors import CheckpointError
 from lift_jax.data import records
 from lift_jax.stages import generate as generate_stage
 from lift_jax.data.video import read_video
 from tests.diffusion.test_pipeline import FRAMES, HEIGHT, WIDTH, build_tiny_pipeline
+from tests.stages.gcs import gcs  # noqa: F401  (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROMPTS_TXT = """# LiFT prompts
@@ -155,3 +157,31 @@ def test_command_line_names_the_missing_checkpoint(work, tmp_path):
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
   assert proc.returncode == 2, proc.stderr
   assert f"error: pipeline root {tmp_path / 'CogVideoX-2b'}: does not exist" in proc.stderr
+
+
+def test_generate_reads_and_writes_gs_paths(work, gcs):  # noqa: F811
+  """The models, the prompts and the output folder on `gs://` (mapped onto a temp folder,
+  tests/stages/gcs.py): the models are read (through a local copy), the videos and the manifest
+  land there, read back through the same scheme, and a re-run resumes from them."""
+  files.write_text("gs://bucket/prompts.txt", PROMPTS_TXT)
+  models = {}
+  for name, path in work["models"].items():
+    shutil.copytree(path, gcs / "bucket" / "models" / name)
+    models[name] = f"gs://bucket/models/{name}"
+  cfg = _config(models)
+  summary = generate_stage.run(cfg, "gs://bucket/prompts.txt", "gs://bucket/gen",
+                               num_videos_per_prompt=1, progress=False)
+  assert (summary["out"], summary["videos"], summary["generated"]) == ("gs://bucket/gen", 3, 3)
+  local = gcs / "bucket" / "gen"
+  assert sorted(os.listdir(local)) == ["manifest.jsonl", "videos"]
+  assert sorted(os.listdir(local / "videos")) == [f"{k:05d}.mp4" for k in range(3)]
+  rows = records.read_jsonl("gs://bucket/gen/manifest.jsonl")
+  assert [(r["path"], r["seed"]) for r in rows] == [(f"videos/{k:05d}.mp4", 42 + k)
+                                                    for k in range(3)]
+  assert {k: rows[0]["model"][k] for k in models} == models  # the user's paths, not the copies
+  frames = read_video("gs://bucket/gen/videos/00001.mp4")
+  assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3) and frames.std() > 1
+  np.testing.assert_array_equal(frames, read_video(str(local / "videos" / "00001.mp4")))
+  again = generate_stage.run(cfg, "gs://bucket/prompts.txt", "gs://bucket/gen",
+                             num_videos_per_prompt=1, progress=False)
+  assert (again["generated"], again["skipped_existing"]) == (0, 3)

@@ -3,6 +3,7 @@ scores.jsonl, the summary, resuming, unparseable answers, and the command line i
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from lift_jax.data import records
 from lift_jax.stages import score as score_stage
 from lift_jax.data.video import write_video
 from tests.models.test_scoring import answer_chain, random_videos, write_forced_critic
+from tests.stages.gcs import gcs  # noqa: F401  (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -139,3 +141,29 @@ def test_command_line(work, tmp_path):
   p = subprocess.run(cmd + ["--critic", str(tmp_path / "nowhere")], capture_output=True,
                      text=True, cwd=ROOT, env=env, timeout=120)
   assert p.returncode == 2 and "nowhere" in p.stderr
+
+
+def test_score_reads_and_writes_gs_paths(work, gcs):  # noqa: F811
+  """The critic, the manifest, its videos and the scores on `gs://` (mapped onto a temp folder,
+  tests/stages/gcs.py): the critic is read (through a local copy), the scores land beside the
+  videos, with paths relative to them."""
+  shutil.copytree(os.path.dirname(work["manifest"]), gcs / "bucket" / "work" / "videos")
+  shutil.copytree(work["bad"], gcs / "bucket" / "critic")
+  out = "gs://bucket/work/scores.jsonl"
+  s = work["tool"].run(_config(), "gs://bucket/work/videos/manifest.jsonl", out,
+                       critic_path="gs://bucket/critic", progress=False)
+  assert (s["out"], s["scored"], s["unreadable"]) == (out, 3, 1)
+  assert s["critic"]["path"] == "gs://bucket/critic"
+  assert s["unreadable_videos"][0].startswith("gs://bucket/work/videos/corrupt.mp4")
+  local = gcs / "bucket" / "work"
+  assert sorted(os.listdir(local)) == ["critic_output_13b.json", "scores.jsonl",
+                                       "scores.summary.json", "scores.unparsed.jsonl", "videos"]
+  rows = [json.loads(x) for x in open(local / "scores.jsonl")]
+  assert [r["path"] for r in rows] == [f"videos/{k:03d}.mp4" for k in range(3)]
+  assert all(r["reward"] == pytest.approx(0.05) for r in rows)
+  joined = records.join_records("gs://bucket/work/videos/manifest.jsonl", out)
+  assert [rec.path for rec in joined.records] == [f"gs://bucket/work/videos/{k:03d}.mp4"
+                                                  for k in range(3)]
+  again = work["tool"].run(_config(), "gs://bucket/work/videos/manifest.jsonl", out,
+                           critic_path=work["bad"], progress=False)
+  assert again["this_run"]["resumed"] == 3 and again["this_run"]["scored"] == 0

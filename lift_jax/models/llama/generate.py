@@ -62,7 +62,9 @@ def _pick(logits_BV, rng, temperature, top_k, top_p, do_sample: bool):
                                 axis=-1).astype(jnp.int32)
 
 
-@nnx.jit(static_argnames=("max_new_tokens", "do_sample"))
+# graph_updates=False: the cache is explicit and `lm` is only read; graph-mode nnx.jit would return
+# its whole state as outputs, a copy of every weight per call.
+@nnx.jit(static_argnames=("max_new_tokens", "do_sample"), graph_updates=False)
 def _generate(lm: LlamaForCausalLM, embeds_BTD, mask_BT, rng, temperature, top_k, top_p,
               stops_MW, eos_E, pad_id, *, max_new_tokens: int, do_sample: bool):
   b, t = mask_BT.shape
