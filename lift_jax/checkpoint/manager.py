@@ -8,11 +8,12 @@ device layout resumes on another.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from lift_jax import files
 
 
 def _data_args(iterator, restore: bool):
@@ -25,7 +26,7 @@ class TrainCheckpointer:
   """`save(step, state, data_iterator)`, `restore(abstract_state, data_iterator)`, `latest_step`."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.absolute(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,

@@ -145,7 +145,7 @@ class ModelSpec:
     with files.atomic_directory(dst, overwrite=overwrite) as tmp:
       files.write_json(os.path.join(tmp, "config.json"), self.dump(model.config))
       write_sharded(tmp, tensors, weights_name=self.weights_name, max_shard_bytes=max_shard_bytes)
-    return os.path.abspath(dst)
+    return files.absolute(dst)
 
   def convert(self, src: str, dst: str, *, dtype: str = "float32", mesh: Mesh | None = None,
               overwrite: bool = False, progress: bool = False, **options) -> int:

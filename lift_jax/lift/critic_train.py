@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from typing import Any
 
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from lift_jax import parallel, runtime
+from lift_jax import files, parallel, runtime
 from lift_jax.checkpoint.manager import TrainCheckpointer
 from lift_jax.data import hra, loaders
 from lift_jax.data.critic_sft import BATCH_KEYS, SftTransform, make_sft_dataset, sequence_sizes
@@ -181,7 +180,7 @@ def prepare_data(config, image_size: tuple[int, int]) -> str:
   if not dc.dir:
     raise ValueError("--config.data.dir is required: the HRA dataset (built there from "
                      "--config.data.manual_dir when missing)")
-  if not os.path.isfile(os.path.join(dc.dir, "dataset_info.json")):
+  if not files.isfile(files.join(dc.dir, "dataset_info.json")):
     if not dc.get("manual_dir"):
       raise FileNotFoundError(f"{dc.dir}: no HRA dataset; set --config.data.manual_dir to the "
                               "unpacked LiFT-HRA release to build it")
@@ -218,7 +217,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict[str, Any]:
   resume, then the PEFT adapter (and optionally the merged critic) and a test-split evaluation."""
   runtime.setup(config.get("compilation_cache"))
   parallel.initialize_distributed()
-  os.makedirs(workdir, exist_ok=True)
+  files.makedirs(workdir)
   mesh = parallel.mesh_from_config(config.mesh.to_dict())
   cfg_v = vila.vila_config(config.critic.path, template=config.critic.get("template"))
   data_dir = prepare_data(config, _critic_image_size(cfg_v))
@@ -250,7 +249,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict[str, Any]:
   dataset = make_sft_dataset(splits["train"], transform, batch_size=per_host, seed=config.seed)
   iterator = loaders.make_iterator(dataset, num_threads=config.data.get("num_threads", 2),
                                    prefetch=config.data.get("prefetch", 2))
-  checkpointer = TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+  checkpointer = TrainCheckpointer(files.join(workdir, "checkpoints"),
                                    max_to_keep=config.keep_checkpoints)
   resumed = checkpointer.latest_step()
   state = (checkpointer.restore(trainer.abstract_state(), iterator) if resumed is not None
@@ -260,7 +259,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict[str, Any]:
   print(f"critic SFT: {lora_adapters.lora_param_count(model):,} LoRA parameters, "
         f"{len(splits['train'])} training ratings, {num_steps} steps of {batch} "
         f"(sequence {max_length}, {max_targets} answer slots)", flush=True)
-  writer = loop.ScalarWriter(os.path.join(workdir, "tensorboard"))
+  writer = loop.ScalarWriter(files.join(workdir, "tensorboard"))
   history: list[dict] = []
   t0 = time.time()
   try:
@@ -282,8 +281,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict[str, Any]:
     ex = config.export
     if ex.get("adapter", True):  # every process: the LoRA is gathered, process 0 writes it
       summary["adapter"] = lora_adapters.export_peft(
-          trained, os.path.join(workdir, "adapter"), layout=ex.get("layout", "vila"),
-          base_model=os.path.abspath(config.critic.path), overwrite=True)
+          trained, files.join(workdir, "adapter"), layout=ex.get("layout", "vila"),
+          base_model=files.absolute(config.critic.path), overwrite=True)
     ev = config.get("eval")
     if ev and ev.get("at_end") and "test" in splits:
       critic = vila.Critic(trained, tokenizer, vcfg.template)
@@ -294,7 +293,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict[str, Any]:
       summary["eval"] = {r.mode: r.to_json() for r in results}
     if ex.get("merged", False):
       merged = lora_adapters.merge_lora(trained)
-      summary["critic"] = vila.save_critic(merged, os.path.join(workdir, "critic"),
+      summary["critic"] = vila.save_critic(merged, files.join(workdir, "critic"),
                                            overwrite=True)
   loop.write_results(workdir, history, summary)
   return summary

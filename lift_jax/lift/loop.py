@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from lift_jax import layers, parallel, runtime
+from lift_jax import files, layers, parallel, runtime
 from lift_jax.checkpoint.manager import TrainCheckpointer
 from lift_jax.data import loaders
 from lift_jax.diffusion.schedule import NoiseSchedule
@@ -155,17 +154,16 @@ def fit(trainer: Trainer, state: dict[str, Any], data: Iterator[dict[str, np.nda
 def write_results(workdir: str, history: list[dict], summary: dict[str, Any]) -> None:
   """A job's per-step metrics (train_history.jsonl) and summary (train_summary.json), process 0."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "train_history.jsonl"), "w") as f:
-      f.writelines(json.dumps(h) + "\n" for h in history)
-    with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    files.write_text(files.join(workdir, "train_history.jsonl"),
+                     "".join(json.dumps(h) + "\n" for h in history))
+    files.write_json(files.join(workdir, "train_summary.json"), summary)
 
 
 def run(config, workdir: str) -> dict[str, Any]:
   """The whole training job from a config (see configs/lift_2b.py); returns a summary."""
   runtime.setup(config.get("compilation_cache"), memory_fraction=config.get("memory_fraction"))
   parallel.initialize_distributed()
-  os.makedirs(workdir, exist_ok=True)
+  files.makedirs(workdir)
   mesh = parallel.make_mesh(config.mesh.to_dict())
   mc = config.model
   layers.configure_attention(**dict(mc.get("attention") or {}))
@@ -206,21 +204,21 @@ def run(config, workdir: str) -> dict[str, Any]:
         f"{hardware}), {step_flops.tokens} tokens", flush=True)
 
   iterator = loaders.make_iterator(dataset)
-  checkpointer = TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+  checkpointer = TrainCheckpointer(files.join(workdir, "checkpoints"),
                                    max_to_keep=config.keep_checkpoints)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(trainer.abstract_state(), iterator)
     log.warning("resumed from step %d", int(jax.device_get(state["step"])))
   else:
     state = trainer.init_state()
-  writer = ScalarWriter(os.path.join(workdir, "tensorboard"))
+  writer = ScalarWriter(files.join(workdir, "tensorboard"))
   history: list[dict] = []
   try:
     state = fit(trainer, state, iterator, num_steps=num_steps, checkpointer=checkpointer,
                 save_every=config.checkpoint_every, log_every=config.log_every, writer=writer,
                 max_bad_steps=config.max_bad_steps, step_flops=step_flops,
                 history=history, profile_steps=config.get("profile_steps", 0),
-                profile_dir=os.path.join(workdir, "profile"))
+                profile_dir=files.join(workdir, "profile"))
   finally:
     writer.close()
     checkpointer.close()
@@ -228,7 +226,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   summary = {"steps": final_step, "num_steps": num_steps, "memory_plan": p.report(),
              "bad_steps": int(jax.device_get(state["bad_steps"]))}
   if final_step >= num_steps:
-    out = os.path.join(workdir, "transformer")
+    out = files.join(workdir, "transformer")
     cogvideox.save_transformer(trainer.model(state), out, overwrite=True)
     summary["transformer"] = out
   write_results(workdir, history, summary)
