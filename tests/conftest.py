@@ -15,3 +15,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: longer than a few seconds; excluded by -m 'not slow'")
+  config.addinivalue_line(
+      "markers", "heavy: slow and too long for CI's 30 minutes on 2 cores (the whole demo loop "
+      "as 2 processes, ~6 min); run by hand with `pytest -m heavy tests`")

@@ -17,36 +17,40 @@ import time
 import numpy as np
 import pytest
 
-from configs import demo as demo_config
 from lift_jax.data import generated, records
 from lift_jax.data.video import read_video
 from tests.stages import processes
+from tests.tools import demo_quick
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIFT = os.path.join(ROOT, "tools", "lift.py")
+# The loop runs of the slow tests use the demo at test size (tests/tools/demo_quick.py).
+QUICK = "--config=tests/tools/demo_quick.py"
+DEMO = "--config=configs/demo.py"
 
 
 # As a user runs it: one CPU device (the test session's 8 fake devices are not inherited).
 ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
 
-def _run(workdir, *extra, timeout=900):
-  return subprocess.run([sys.executable, LIFT, "--config=configs/demo.py", f"--workdir={workdir}",
+def _run(workdir, *extra, config=QUICK, timeout=900):
+  return subprocess.run([sys.executable, LIFT, config, f"--workdir={workdir}",
                          *extra], cwd=ROOT, env=ENV, capture_output=True, text=True,
                         timeout=timeout)
 
 
 def test_missing_prompt_file_is_named_before_work(tmp_path):
-  out = _run(tmp_path / "w", "--config.prompts=/nonexistent/prompts.txt", timeout=120)
+  out = _run(tmp_path / "w", "--config.prompts=/nonexistent/prompts.txt", config=DEMO,
+             timeout=120)
   assert out.returncode == 2
   assert "prompt file /nonexistent/prompts.txt does not exist" in out.stderr
   assert not os.path.exists(tmp_path / "w" / "assets")
 
 
 def test_bad_config_value_and_missing_stage_input_are_named(tmp_path):
-  out = _run(tmp_path / "w", "--config.rounds=0", timeout=120)
+  out = _run(tmp_path / "w", "--config.rounds=0", config=DEMO, timeout=120)
   assert out.returncode == 2 and "rounds must be ≥ 1" in out.stderr
-  out = _run(tmp_path / "w", "--stages=train", timeout=300)
+  out = _run(tmp_path / "w", "--stages=train", config=DEMO, timeout=300)
   assert out.returncode == 2
   assert "stage round1/train needs" in out.stderr and "run it first" in out.stderr
 
@@ -62,7 +66,7 @@ def _final_params(workdir):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-  """The demo run once, uninterrupted, as 1 process on 1 device."""
+  """The demo (at test size) run once, uninterrupted, as 1 process on 1 device."""
   workdir = tmp_path_factory.mktemp("demo") / "straight"
   out = _run(workdir)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -71,7 +75,7 @@ def straight(tmp_path_factory):
 
 
 def _spawn(workdir, log_path, *extra):
-  return subprocess.Popen([sys.executable, LIFT, "--config=configs/demo.py", f"--workdir={workdir}",
+  return subprocess.Popen([sys.executable, LIFT, QUICK, f"--workdir={workdir}",
                            *extra], cwd=ROOT, env=ENV, stdout=open(log_path, "a"),
                           stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -109,7 +113,7 @@ def test_killed_in_training_resumes_without_repeating_stages(tmp_path, straight)
   def steps(pred):
     return lambda: ckpts.is_dir() and any(pred(d) for d in os.listdir(ckpts))
 
-  train = dict(o.split("=", 1) for o in demo_config.get_config().train.overrides)
+  train = dict(o.split("=", 1) for o in demo_quick.get_config().train.overrides)
   every, last = train["checkpoint_every"], train["num_steps"]
   points = {
       "training, no checkpoint yet": lambda: (work / "round1" / "train" / "tensorboard").is_dir(),
@@ -161,11 +165,12 @@ def _assert_same_summary(got, expected, got_root, expected_root, where):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_processes_give_the_one_process_results(tmp_path, straight):
   """The whole demo loop as 2 processes × 1 device (gloo): every stage runs on both hosts, the
   report's numbers and each stage's outputs equal the 1-process run's."""
   work = tmp_path / "two"
-  procs = processes.start([LIFT, "--config=configs/demo.py", f"--workdir={work}"], 2, devices=1)
+  procs = processes.start([LIFT, QUICK, f"--workdir={work}"], 2, devices=1)
   try:
     logs = [p.communicate(timeout=1500)[0] for p in procs]
   finally:
