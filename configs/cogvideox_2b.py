@@ -29,7 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
       dtype="auto", param_dtype=placeholder(str), vae_dtype=placeholder(str),
       text_encoder_dtype=placeholder(str), attention_impl="auto"))
   c.sampling = ml_collections.ConfigDict(dict(
-      sampler="dpm", num_steps=50, guidance_scale=6.0, use_dynamic_cfg=True, negative_prompt=""))
+      sampler="dpm", num_steps=50, guidance_scale=6.0, use_dynamic_cfg=True, negative_prompt="",
+      max_sequence_length=226))  # T5 tokens a prompt (diffusers' max_sequence_length)
   c.video = ml_collections.ConfigDict(dict(num_frames=49, height=480, width=720, fps=8))
   c.num_videos_per_prompt = 1
   c.batch_size = placeholder(int)  # videos per sampler call; default: the mesh's data x fsdp

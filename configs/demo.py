@@ -25,6 +25,11 @@ import ml_collections
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CRITIC_LORA = "{workdir}/critic_sft/adapter"
+# Tiny video: 9 frames at 16x16 pixels -> latents 3x2x2 (the readable VAE shows each latent cell as
+# an 8x8 colour block); captions as 40 T5 tokens (every demo prompt fits). The world's base model
+# is pretrained at these sizes (`lift_jax.demo.world`).
+VIDEO = dict(num_frames=9, height=16, width=16)
+TEXT_LENGTH = 40
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -33,40 +38,42 @@ def get_config() -> ml_collections.ConfigDict:
   c.rounds = 1
   c.prompts = os.path.join(HERE, "prompts", "demo_train.txt")
   c.eval_prompts = os.path.join(HERE, "prompts", "demo_eval.txt")
-  # The tiny models, made under WORKDIR/assets by the world's model factory (settings: their
-  # sizes; empty = the defaults).
+  # The tiny models, made under WORKDIR/assets by the world's model factory (settings: overrides
+  # of `lift_jax.demo.assets.DEFAULTS`): one world (seed 0) whatever the run's seed.
   c.model_factory = ml_collections.ConfigDict(
-      {"module": "lift_jax.demo.assets", "settings": ml_collections.ConfigDict()})
+      {"module": "lift_jax.demo.assets", "settings": ml_collections.ConfigDict(
+          {"seed": 0, "world": dict(**VIDEO, text_length=TEXT_LENGTH)})})
   c.models = ml_collections.ConfigDict(dict(
       pipeline=ml_collections.config_dict.placeholder(str),
       critic=ml_collections.config_dict.placeholder(str),
       critic_lora=CRITIC_LORA))  # the adapter the critic_sft stage trains
   c.real = ml_collections.config_dict.placeholder(str)
   c.real_weight = 1.0
-  # Tiny video: 9 frames at 16x16 pixels -> latents 3x2x2 (the readable VAE shows each latent
-  # cell as an 8x8 colour block). Overrides are "field=value" strings passed to each stage's config.
-  video = ["video.num_frames=9", "video.height=16", "video.width=16"]
+  # Overrides are "field=value" strings passed to each stage's config. The world's captions do not
+  # steer the picture, so guidance has nothing to add (scale 1: one transformer call a step).
   c.generate = ml_collections.ConfigDict(dict(
       config="configs/cogvideox_5b.py",
-      overrides=["model.dtype=float32", "sampling.num_steps=4", "sampling.sampler=ddim",
-                 "sampling.use_dynamic_cfg=False", "batch_size=8",
-                 "num_videos_per_prompt=4"] + video))
+      overrides=["model.dtype=float32", "sampling.num_steps=16", "sampling.sampler=ddim",
+                 "sampling.use_dynamic_cfg=False", "sampling.guidance_scale=1.0",
+                 f"sampling.max_sequence_length={TEXT_LENGTH}", "batch_size=8",
+                 "num_videos_per_prompt=8"] + [f"video.{k}={v}" for k, v in VIDEO.items()]))
   c.score = ml_collections.ConfigDict(dict(
       config="configs/critic_13b.py", mode="logits",
       # A tiny critic puts little mass on Good/Normal/Bad: take the argmax of the three anyway.
       overrides=["critic.dtype=float32", "reward.min_label_mass=0.0"]))
   c.prepare = ml_collections.ConfigDict(dict(args=[
-      "num_frames=9", "height=16", "width=16", "dtype=float32", "embed_dtype=float32"]))
+      *(f"{k}={v}" for k, v in VIDEO.items()), f"max_sequence_length={TEXT_LENGTH}",
+      "dtype=float32", "embed_dtype=float32"]))
   c.train = ml_collections.ConfigDict(dict(
       config="configs/lift_5b.py",
-      overrides=["model.dtype=float32", "model.remat=none", "data.batch_size=8", "num_steps=32",
-                 "optim.lr=1e-3", "optim.warmup_steps=2", "optim.weight_decay=0.0",
-                 "checkpoint_every=16", "log_every=2"]))
+      overrides=["model.dtype=float32", "model.remat=none", "trainable=full",
+                 "data.batch_size=32", "num_steps=100", "optim.lr=2e-3", "optim.warmup_steps=2",
+                 "optim.weight_decay=0.0", "checkpoint_every=50", "log_every=10"]))
   c.critic_sft = ml_collections.ConfigDict(dict(
       config="configs/critic_13b_sft.py",
       overrides=["critic.dtype=float32", "critic.param_dtype=float32", "critic.remat=none",
                  "lora.r=16", "lora.alpha=32.0", "lora.dropout=0.0", "data.vidgen=False",
-                 "data.test_size=24", "data.batch_size=8", "optim.lr=2e-2", "num_epochs=8",
+                 "data.test_size=60", "data.batch_size=8", "optim.lr=2e-2", "num_epochs=8",
                  "checkpoint_every=1000", "log_every=4"]))
   c.extra_stages = extra_stages(c)
   c.report = report_block()

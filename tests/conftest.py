@@ -11,6 +11,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"lift_jax_test_cache_{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
+import pytest  # noqa: E402  (after the environment above, which jax reads at import)
+
+from tests.tools import demo_world  # noqa: E402
 
 
 def pytest_configure(config):
@@ -18,3 +21,9 @@ def pytest_configure(config):
   config.addinivalue_line(
       "markers", "heavy: slow and too long for CI's 30 minutes on 2 cores (the whole demo loop "
       "as 2 processes, ~6 min); run by hand with `pytest -m heavy tests`")
+
+
+@pytest.fixture(scope="session")
+def demo_assets(tmp_path_factory):
+  """The demo's models, made once a session (`tests/tools/demo_world.py`)."""
+  return demo_world.make(tmp_path_factory.mktemp("demo_world"))

@@ -5,7 +5,7 @@
 ```
 root/
   CogVideoX-5b-tiny/   a diffusers CogVideoXPipeline folder: model_index.json, transformer/
-                       (3D RoPE, 5B-style), vae/ (4 blocks: the real 4x temporal / 8x spatial
+                       (3D RoPE, 5B-style; "pretrained" on the demo's world, `demo.world`), vae/ (4 blocks: the real 4x temporal / 8x spatial
                        compression; "readable": its weights set so that latent channels 0-2
                        are the pixels' colour, `demo.readable_vae`), text_encoder/ (T5
                        v1.1-style), tokenizer/ (a sentencepiece unigram model trained here,
@@ -36,17 +36,22 @@ import tempfile
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lift_jax.demo import readable_vae
+from lift_jax.demo import world as world_lib
+from lift_jax.diffusion.schedule import NoiseSchedule
 from lift_jax.models import cogvideox, critic, llama, siglip, t5
 from lift_jax.models.cogvideox.vae_params import export_vae
 from lift_jax.models.critic import prompts as critic_prompts
 from lift_jax.models.critic.export import export_vila
 from lift_jax.models.t5.params import export_encoder
+from lift_jax.models.t5.tokenizer import CogVideoXTokenizer
 
 MANIFEST = "demo_assets.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 PIPELINE_DIR = "CogVideoX-5b-tiny"
 CRITIC_DIR = "VILA1.5-13b-tiny"
 
@@ -61,16 +66,24 @@ DEMO_PROMPTS = (
 
 # Sizes for 2 CPU cores; every field is the upstream config's own name.
 DEFAULTS: dict[str, Any] = {
+    # The models' seed; None: the run's. A set seed keeps one world (base model, critic) across
+    # runs with different seeds, as a published checkpoint would.
+    "seed": None,
     # diffusers CogVideoXTransformer3DModel (5B-style: 3D RoPE, no learned positions).
     "transformer": dict(num_attention_heads=4, attention_head_dim=16, num_layers=4, in_channels=16,
                         out_channels=16, time_embed_dim=64, text_embed_dim=64,
-                        max_text_seq_length=32, sample_height=16, sample_width=24, sample_frames=9,
+                        max_text_seq_length=226, sample_height=16, sample_width=24, sample_frames=9,
                         use_rotary_positional_embeddings=True),
     # diffusers AutoencoderKLCogVideoX: 4 blocks as upstream, tiny widths; 5B's scaling factor.
     "vae": dict(block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=4,
                 scaling_factor=0.7),
     # The VAE's weights set so that pixels = gain x latent channels 0-2 (None: random weights).
     "readable_vae": dict(gain=0.5),
+    # The transformer pretrained on the demo's world (`demo.world`; steps 0: random weights), for
+    # videos of num_frames x height x width and captions of text_length T5 tokens (the demo's
+    # generate and prepare settings).
+    "world": dict(steps=600, lr=3e-3, batch_size=32, seed=0, num_frames=9, height=16, width=16,
+                  text_length=48, level=0.5, warmth=0.5, flicker=0.8, detail=0.1),
     # transformers T5EncoderModel (v1.1: gated GELU); d_model follows text_embed_dim.
     "text_encoder": dict(d_kv=16, d_ff=128, num_layers=2, num_heads=4,
                          feed_forward_proj="gated-gelu"),
@@ -272,19 +285,40 @@ def write_pipeline(dst: str, cfg: dict[str, Any], seed: int) -> None:
   if te["vocab_size"] < n:
     raise ValueError(f"text_encoder.vocab_size={te['vocab_size']} < the tokenizer's {n} ids")
   cfg["text_encoder"] = te
-  cogvideox.export_diffusers(cogvideox.CogVideoXTransformer3D(tr_cfg, rngs=_rngs(seed)),
-                             os.path.join(dst, "transformer"))
   vae_cfg = cogvideox.CogVideoXVAEConfig.from_diffusers_config(cfg["vae"])
   vae_cfg.validate()
   vae = cogvideox.AutoencoderKLCogVideoX(vae_cfg, rngs=_rngs(seed + 1))
   if cfg["readable_vae"].get("gain"):
     readable_vae.make_readable(vae, float(cfg["readable_vae"]["gain"]))
   export_vae(vae, os.path.join(dst, "vae"))
-  export_encoder(t5.T5Encoder(t5.T5Config.from_hf_config(te), rngs=_rngs(seed + 2)),
-                 os.path.join(dst, "text_encoder"))
+  encoder = t5.T5Encoder(t5.T5Config.from_hf_config(te), rngs=_rngs(seed + 2))
+  export_encoder(encoder, os.path.join(dst, "text_encoder"))
+  transformer = cogvideox.CogVideoXTransformer3D(tr_cfg, rngs=_rngs(seed))
+  if cfg["world"]["steps"]:
+    transformer = _pretrain(transformer, encoder, os.path.join(dst, "tokenizer"), vae_cfg, cfg)
+  cogvideox.export_diffusers(transformer, os.path.join(dst, "transformer"))
   os.makedirs(os.path.join(dst, "scheduler"))
   _write_json(os.path.join(dst, "scheduler", "scheduler_config.json"), SCHEDULER_5B)
   _write_json(os.path.join(dst, "model_index.json"), MODEL_INDEX)
+
+
+def _pretrain(transformer, encoder, tokenizer_dir: str, vae_cfg, cfg: dict[str, Any]):
+  """The transformer taught `demo.world`, with the demo's captions (and "") as its text."""
+  from transformers import T5Tokenizer  # AutoTokenizer would import torch where it is installed
+
+  w = cfg["world"]
+  tokenizer = CogVideoXTokenizer(T5Tokenizer.from_pretrained(tokenizer_dir),
+                                 max_length=int(w["text_length"]))
+  ids = tokenizer.encode(list(cfg["prompts"]) + [""])
+  text = np.asarray(nnx.jit(encoder, graph_updates=False)(jnp.asarray(ids)), np.float32)
+  spatial = 2 ** (len(vae_cfg.block_out_channels) - 1)
+  latent_shape = ((int(w["num_frames"]) - 1) // vae_cfg.temporal_compression_ratio + 1, vae_cfg.latent_channels,
+                  int(w["height"]) // spatial, int(w["width"]) // spatial)
+  shape = world_lib.World(**{k: float(w[k]) for k in ("level", "warmth", "flicker", "detail")})
+  return world_lib.pretrain(
+      transformer, text, latent_shape, world=shape, scaling_factor=vae_cfg.scaling_factor,
+      schedule=NoiseSchedule.from_diffusers_config(SCHEDULER_5B), steps=int(w["steps"]),
+      lr=float(w["lr"]), batch_size=int(w["batch_size"]), seed=int(w["seed"]))
 
 
 def write_critic(dst: str, cfg: dict[str, Any], seed: int, workdir: str) -> None:
@@ -368,6 +402,7 @@ def make_demo_assets(root: str, seed: int = 0, *, config: Mapping | None = None,
   """
   root = os.path.abspath(root)
   cfg = resolve_config(config)
+  seed = seed if cfg["seed"] is None else int(cfg["seed"])
   fingerprint = _fingerprint(cfg, seed)
   found = _existing(root, fingerprint)
   if found:

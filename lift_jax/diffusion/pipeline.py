@@ -403,6 +403,7 @@ def load_pipeline(root: str | None = None, *, transformer: str | None = None,
                   param_dtype: str | None = None, vae_dtype: str | None = None,
                   text_encoder_dtype: str | None = None, mesh: Mesh | None = None,
                   attention_impl: str = "auto", vae_tiling: bool = False,
+                  max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                   progress: bool = False) -> TextToVideo:
   """A `TextToVideo` from a diffusers pipeline folder (transformer/, vae/, text_encoder/,
   tokenizer/, scheduler/) and/or component paths (diffusers folders or converted checkpoints).
@@ -411,13 +412,15 @@ def load_pipeline(root: str | None = None, *, transformer: str | None = None,
   or corrupt file is named at once. `schedule` ("2b" / "5b" / a NoiseSchedule) is used when there
   is no scheduler_config.json. `dtype` ("auto": bf16 on accelerators) is the compute dtype of all
   three models unless `vae_dtype` / `text_encoder_dtype` say otherwise; with `mesh`, weights go
-  straight onto their shards and `generate` shards the prompt batch.
+  straight onto their shards and `generate` shards the prompt batch. `max_sequence_length` is
+  the T5 token count, diffusers' argument of the same name: 226 for the published models (2B's
+  learned positions need it); a 3D-RoPE transformer takes any length.
   """
   paths = resolve_paths(root, transformer=transformer, vae=vae, text_encoder=text_encoder,
                         tokenizer=tokenizer, scheduler=scheduler)
   noise_schedule = load_schedule(paths.scheduler, schedule)
   dtype = resolve_dtype(dtype)
-  tok = CogVideoXTokenizer.from_pretrained(paths.tokenizer, max_length=MAX_SEQUENCE_LENGTH)
+  tok = CogVideoXTokenizer.from_pretrained(paths.tokenizer, max_length=max_sequence_length)
   tr = load_transformer(paths.transformer, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
                         attention_impl=attention_impl, progress=progress)
   vae_model = load_vae(paths.vae, dtype=resolve_dtype(vae_dtype or dtype), mesh=mesh,

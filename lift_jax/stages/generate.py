@@ -195,7 +195,8 @@ def run(cfg, prompts_file: str, out: str, *, model: str | None = None,
       root, transformer=transformer, vae=vae, text_encoder=text_encoder,
       tokenizer=tokenizer, scheduler=scheduler, schedule=m.schedule, dtype=dtype,
       param_dtype=m.param_dtype, vae_dtype=m.vae_dtype, text_encoder_dtype=m.text_encoder_dtype,
-      mesh=mesh, attention_impl=m.attention_impl, vae_tiling=cfg.vae.tiling, progress=progress)
+      mesh=mesh, attention_impl=m.attention_impl, vae_tiling=cfg.vae.tiling,
+      max_sequence_length=cfg.sampling.max_sequence_length, progress=progress)
   model_paths = {k: v and files.original(files.absolute(v)) for k, v in pipe.paths.items()}
   batch = cfg.batch_size or pipe.batch_ways
   s, v = cfg.sampling, cfg.video

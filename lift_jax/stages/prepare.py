@@ -46,7 +46,7 @@ from lift_jax import files, parallel, runtime
 from lift_jax.data import generated, lift_files, records as records_lib, video
 from lift_jax.models.cogvideox.vae_params import load_vae
 from lift_jax.models.t5.params import load_encoder
-from lift_jax.models.t5.tokenizer import CogVideoXTokenizer
+from lift_jax.models.t5.tokenizer import MAX_LENGTH, CogVideoXTokenizer
 from lift_jax.stages import cli
 
 
@@ -54,12 +54,13 @@ from lift_jax.stages import cli
 class Encoders:
   """What preparation needs from the models (tests pass small stand-ins)."""
   encode_video: Callable[[np.ndarray], tuple]      # [B,3,F,H,W] in [-1,1] -> (mean, logvar)
-  encode_text: Callable[[Sequence[str]], np.ndarray]  # prompts -> [B, 226, 4096]
+  encode_text: Callable[[Sequence[str]], np.ndarray]  # prompts -> [B, max_sequence_length, 4096]
   scaling_factor: float
 
 
 def load_encoders(vae_path: str, t5_path: str, tokenizer_path: str, *, dtype: str,
-                  text_batch: int, vae_tiling: bool, devices=None) -> Encoders:
+                  text_batch: int, vae_tiling: bool, max_sequence_length: int = MAX_LENGTH,
+                  devices=None) -> Encoders:
   """The real VAE and T5, each call jitted at one shape (text batches are padded to text_batch).
 
   A batch of clips is split over `devices` (default: this process's own) along the batch, the VAE
@@ -74,7 +75,7 @@ def load_encoders(vae_path: str, t5_path: str, tokenizer_path: str, *, dtype: st
     mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
     nnx.update(vae, jax.device_put(nnx.state(vae), NamedSharding(mesh, P())))
     batch_sharding = NamedSharding(mesh, P("data"))
-  tokenizer = CogVideoXTokenizer.from_pretrained(tokenizer_path)
+  tokenizer = CogVideoXTokenizer.from_pretrained(tokenizer_path, max_length=max_sequence_length)
   t5 = load_encoder(t5_path, dtype=dtype)
   graphdef, state = nnx.split(t5)
   t5_fn = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids).astype(jnp.float32))
@@ -112,6 +113,7 @@ def default_config() -> ml_collections.ConfigDict:
       resize="squash",              # squash to HxW (LiFT's trainer) or scale and center-crop
       latent_dtype="float32", embed_dtype="bfloat16",
       text_batch=8,                 # captions per T5 call
+      max_sequence_length=MAX_LENGTH,  # T5 tokens a caption: the generator's own setting
       video_batch=0,                # clips per VAE call, split over this process's devices
                                     # (0: one clip per local device)
       compilation_cache=ml_collections.config_dict.placeholder(str)))
@@ -223,7 +225,8 @@ def run(cfg, manifest: str | None, scores: str | None, out: str, *, real: str | 
     # Models on a URI are copied to local disk once (their readers take local files).
     vae_path, t5_path, tok_path = map(files.local_mirror, (vae_path, t5_path, tok_path))
     encoders = load_encoders(vae_path, t5_path, tok_path, dtype=cfg.dtype,
-                             text_batch=cfg.text_batch, vae_tiling=cfg.vae_tiling)
+                             text_batch=cfg.text_batch, vae_tiling=cfg.vae_tiling,
+                             max_sequence_length=cfg.max_sequence_length)
   clip = generated.ClipOptions(cfg.num_frames, cfg.height, cfg.width, cfg.frame_sampling,
                                cfg.resize)
   metadata = {"manifest": manifest and files.absolute(manifest),

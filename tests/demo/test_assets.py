@@ -19,10 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _CREATE = """
 import json, sys
 from lift_jax.demo.assets import make_demo_assets
-paths = make_demo_assets(sys.argv[1], seed=0)
+paths = make_demo_assets(sys.argv[1], seed=0, config=json.loads(sys.argv[2]))
 assert "torch" not in sys.modules, "creating the demo assets imported torch"
 print(json.dumps(paths))
 """
+
+
+# Two steps of the world's pretraining: the wiring, not the result (that is the demo's slow test).
+SETTINGS = {"world": {"steps": 2, "batch_size": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,8 @@ def paths(tmp_path_factory):
   """Built in a fresh interpreter, so an import of torch anywhere on the path is caught."""
   root = str(tmp_path_factory.mktemp("demo") / "assets")
   env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  out = subprocess.run([sys.executable, "-c", _CREATE, root], capture_output=True, text=True,
+  out = subprocess.run([sys.executable, "-c", _CREATE, root, json.dumps(SETTINGS)],
+                       capture_output=True, text=True,
                        env=env, cwd=ROOT, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -48,7 +53,7 @@ def test_layout_and_idempotence(paths):
   assert os.path.isfile(os.path.join(paths["tokenizer"], "spiece.model"))
   manifest = os.path.join(paths["root"], demo_assets.MANIFEST)
   stamp = os.stat(manifest).st_mtime_ns
-  assert demo_assets.make_demo_assets(paths["root"], seed=0) == paths
+  assert demo_assets.make_demo_assets(paths["root"], seed=0, config=SETTINGS) == paths
   assert os.stat(manifest).st_mtime_ns == stamp
   assert not [f for f in os.listdir(os.path.dirname(paths["root"])) if ".tmp-" in f]
   schedule = NoiseSchedule.from_diffusers_config(

@@ -156,6 +156,17 @@ def test_prompt_embeddings_match_the_torch_pipeline(tiny):
   assert max(rel_err(cond, ref_cond), rel_err(uncond, ref_uncond)) <= 1e-5
 
 
+def test_a_shorter_text_length_matches_diffusers_max_sequence_length(tiny):
+  """`max_sequence_length` as diffusers' `encode_prompt` takes it (prompts cut, `</s>` kept)."""
+  short = load_pipeline(tiny["root"], dtype="float32", max_sequence_length=9)
+  cond, uncond = short.encode_prompts(PROMPTS, "")
+  with torch.no_grad():
+    ref_cond, ref_uncond = tiny["pipe"].encode_prompt(PROMPTS, "", do_classifier_free_guidance=True,
+                                                      max_sequence_length=9)
+  assert cond.shape == (3, 9, 32)
+  assert max(rel_err(cond, ref_cond), rel_err(uncond, ref_uncond)) <= 1e-5
+
+
 def test_noise_depends_on_its_own_seed_only():
   shape = (3, 16, 4, 6)
   init, steps = draw_noise([5, 7, 9], shape, jnp.float32, 4)

@@ -2,9 +2,9 @@
 `tools/lift.py --config=tests/tools/demo_quick.py`).
 
 Every stage, its order and its settings are the demo's own; only the counts shrink (2 videos a
-prompt instead of 4, 8 train steps with a checkpoint every 4, 2 critic SFT epochs), so the slow
-tests that run the whole loop several times (killed and resumed, as 2 processes) stay within CI's
-time.
+prompt instead of 8, 8 train steps of 8 videos with a checkpoint every 4, 2 critic SFT epochs), so
+the slow tests that run the whole loop several times (killed and resumed, as 2 processes) stay
+within CI's time.
 """
 
 import importlib.util
@@ -12,7 +12,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = {"generate": {"num_videos_per_prompt": "2"},
-         "train": {"num_steps": "8", "checkpoint_every": "4"},
+         "train": {"num_steps": "8", "checkpoint_every": "4", "data.batch_size": "8"},
          "critic_sft": {"num_epochs": "2", "data.test_size": "12"}}
 
 

@@ -20,7 +20,7 @@ import pytest
 from lift_jax.data import generated, records
 from lift_jax.data.video import read_video
 from tests.stages import processes
-from tests.tools import demo_quick
+from tests.tools import demo_quick, demo_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIFT = os.path.join(ROOT, "tools", "lift.py")
@@ -65,9 +65,10 @@ def _final_params(workdir):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(tmp_path_factory, demo_assets):
   """The demo (at test size) run once, uninterrupted, as 1 process on 1 device."""
   workdir = tmp_path_factory.mktemp("demo") / "straight"
+  demo_world.copy_into(demo_assets, workdir)
   out = _run(workdir)
   assert out.returncode == 0, out.stderr[-3000:]
   assert os.path.isfile(workdir / "report.html")
@@ -170,6 +171,7 @@ def test_two_processes_give_the_one_process_results(tmp_path, straight):
   """The whole demo loop as 2 processes × 1 device (gloo): every stage runs on both hosts, the
   report's numbers and each stage's outputs equal the 1-process run's."""
   work = tmp_path / "two"
+  shutil.copytree(straight / "assets", work / "assets", symlinks=True)
   procs = processes.start([LIFT, QUICK, f"--workdir={work}"], 2, devices=1)
   try:
     logs = [p.communicate(timeout=1500)[0] for p in procs]
@@ -243,7 +245,7 @@ def test_two_processes_give_the_one_process_results(tmp_path, straight):
 
 
 @pytest.mark.slow
-def test_lambda_set_in_the_loop_config_weighs_real_videos_in_the_step(tmp_path):
+def test_lambda_set_in_the_loop_config_weighs_real_videos_in_the_step(tmp_path, demo_assets):
   """λ = config.real_weight reaches the train step (prepare stores it, the loss reads it), and
   prepare exports the scored set as LiFT's data.json."""
   from configs import demo
@@ -252,6 +254,7 @@ def test_lambda_set_in_the_loop_config_weighs_real_videos_in_the_step(tmp_path):
   from lift_jax.lift import runner
 
   work = tmp_path / "w"
+  demo_world.copy_into(demo_assets, work)
   gen, sco = work / "round1" / "generate", work / "round1" / "score"
   rng = np.random.default_rng(0)
   for k in range(2):
