@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import jax
 from flax import nnx
 
-from lift_jax.demo import readable_vae
+from lift_jax.demo import readable_critic, readable_vae
 from lift_jax.models import cogvideox, critic, llama, siglip, t5
 from lift_jax.models.cogvideox.vae_params import export_vae
 from lift_jax.models.critic import prompts as critic_prompts
@@ -87,6 +87,8 @@ DEFAULTS: dict[str, Any] = {
         "num_video_frames": 8,
         "mm_vision_select_layer": -2,
         "mm_vision_select_feature": "cls_patch",
+        # The tower's weights set so that each token carries its patch's colour (None: random).
+        "readable_tower": dict(gain=4.0, level=1.0),
     },
 }
 
@@ -308,7 +310,10 @@ def write_critic(dst: str, cfg: dict[str, Any], seed: int, workdir: str) -> None
       select_layer=int(c["mm_vision_select_layer"]),
       select_feature=c["mm_vision_select_feature"], num_video_frames=int(c["num_video_frames"]),
       template="vicuna_v1")
-  export_vila(critic.VilaCritic(vila_cfg, rngs=_rngs(seed + 3)), dst, tok_dir)
+  model = critic.VilaCritic(vila_cfg, rngs=_rngs(seed + 3))
+  if c.get("readable_tower"):
+    readable_critic.make_readable(model.vision, **c["readable_tower"])
+  export_vila(model, dst, tok_dir)
 
 
 def _write_json(path: str, obj) -> None:
