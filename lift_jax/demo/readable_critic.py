@@ -19,9 +19,10 @@ the layer before it).
 
 Why the constant pair: the critic's `mlp_downsample` projector starts with a LayerNorm over the
 four merged patches' features, and the LLM an RMSNorm per token; both divide by the token's own
-spread. Without a constant the spread would be the colour's, and a dark and a bright block would
-come out alike. With it the spread is ≈ `level` whatever the picture, so the colour stays
-(nearly) proportional through both norms: brightness and its change from frame to frame survive.
+spread. Without a constant the spread would be the colour's, and a dim and a bright grey would
+come out alike. With it they differ, and brightness and its change from frame to frame survive;
+the larger `level` is against `gain` x the colours, the more linear the norms leave them (the
+demo's gain 4, level 1 is not linear, and measured as good as gain 4, level 4: bench/RESULTS.md).
 """
 
 from __future__ import annotations
