@@ -12,7 +12,8 @@ root/
                        saved as transformers' T5Tokenizer),
                        scheduler/ (5B's settings)
   VILA1.5-13b-tiny/    a VILA-1.5-13B-style critic: config.json, llm/ (Llama + a sentencepiece BPE
-                       tokenizer with byte fallback, like Vicuna's), vision_tower/ (SigLIP),
+                       tokenizer with byte fallback, like Vicuna's), vision_tower/ (SigLIP;
+                       "readable": each token carries its patch's colour, `demo.readable_critic`),
                        mm_projector/ (mlp_downsample); the vicuna_v1 template follows from the name
   prompts.txt          the demo prompts, one a line
   demo_assets.json     the resolved config and the paths (written last: its presence means done)

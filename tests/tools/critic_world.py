@@ -87,7 +87,8 @@ def make_critic(out: str, asset_overrides: dict, seed: int) -> str:
 
 def critic_sft_args(extra: list[str]) -> tuple[str, list[str]]:
   """(module, args) of configs/demo.py's critic_sft stage, with `extra` overrides appended."""
-  spec = importlib.util.spec_from_file_location("demo_cfg", os.path.join(ROOT, "configs", "demo.py"))
+  path = os.path.join(ROOT, "configs", "demo.py")
+  spec = importlib.util.spec_from_file_location("demo_cfg", path)
   demo = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(demo)
   stage = next(s for s in demo.get_config().extra_stages if s["name"] == "critic_sft")
