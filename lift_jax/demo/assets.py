@@ -12,7 +12,8 @@ root/
                        saved as transformers' T5Tokenizer),
                        scheduler/ (5B's settings)
   VILA1.5-13b-tiny/    a VILA-1.5-13B-style critic: config.json, llm/ (Llama + a sentencepiece BPE
-                       tokenizer with byte fallback, like Vicuna's), vision_tower/ (SigLIP),
+                       tokenizer with byte fallback, like Vicuna's), vision_tower/ (SigLIP;
+                       "readable": each token carries its patch's colour, `demo.readable_critic`),
                        mm_projector/ (mlp_downsample); the vicuna_v1 template follows from the name
   prompts.txt          the demo prompts, one a line
   demo_assets.json     the resolved config and the paths (written last: its presence means done)
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lift_jax.demo import readable_vae
+from lift_jax.demo import readable_critic, readable_vae
 from lift_jax.demo import world as world_lib
 from lift_jax.diffusion.schedule import NoiseSchedule
 from lift_jax.models import cogvideox, critic, llama, siglip, t5
@@ -100,6 +101,8 @@ DEFAULTS: dict[str, Any] = {
         "num_video_frames": 8,
         "mm_vision_select_layer": -2,
         "mm_vision_select_feature": "cls_patch",
+        # The tower's weights set so that each token carries its patch's colour (None: random).
+        "readable_tower": dict(gain=4.0, level=1.0),
     },
 }
 
@@ -342,7 +345,10 @@ def write_critic(dst: str, cfg: dict[str, Any], seed: int, workdir: str) -> None
       select_layer=int(c["mm_vision_select_layer"]),
       select_feature=c["mm_vision_select_feature"], num_video_frames=int(c["num_video_frames"]),
       template="vicuna_v1")
-  export_vila(critic.VilaCritic(vila_cfg, rngs=_rngs(seed + 3)), dst, tok_dir)
+  model = critic.VilaCritic(vila_cfg, rngs=_rngs(seed + 3))
+  if c.get("readable_tower"):
+    readable_critic.make_readable(model.vision, **c["readable_tower"])
+  export_vila(model, dst, tok_dir)
 
 
 def _write_json(path: str, obj) -> None:
