@@ -72,9 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.critic_sft = ml_collections.ConfigDict(dict(
       config="configs/critic_13b_sft.py",
       overrides=["critic.dtype=float32", "critic.param_dtype=float32", "critic.remat=none",
-                 "lora.r=16", "lora.alpha=32.0", "lora.dropout=0.0", "data.vidgen=False",
-                 "data.test_size=60", "data.batch_size=8", "optim.lr=2e-2", "num_epochs=8",
-                 "checkpoint_every=1000", "log_every=4"]))
+                 "lora.r=32", "lora.alpha=64.0", "lora.dropout=0.0", "data.vidgen=False",
+                 "data.test_size=60", "data.batch_size=8", "optim.lr=5e-3", "num_epochs=16",
+                 "checkpoint_every=1000", "log_every=8"]))
   c.extra_stages = extra_stages(c)
   c.report = report_block()
   return c
@@ -84,20 +84,12 @@ def _flags(overrides):
   return [f"--config.{o}" for o in overrides]
 
 
-def _stage_config(path: str) -> str:
-  """A stage config for an extra stage's command line: as given if it exists from here, else
-  beside this clone's configs/ (so the demo runs from any working directory)."""
-  if os.path.isabs(path) or os.path.exists(path):
-    return path
-  return os.path.join(os.path.dirname(HERE), path)
-
-
 def extra_stages(c) -> list:
   """The demo's stages besides the loop's own (see lift_jax/lift/runner.py, `extra_stages`)."""
-  gen = ([f"--config={_stage_config(c.generate.config)}", "--model={pipeline}",
+  gen = ([f"--config={c.generate.config}", "--model={pipeline}",
           "--config.seed={seed}", "--noprogress"]
          + _flags(c.generate.overrides))
-  score = ([f"--config={_stage_config(c.score.config)}", "--critic={critic}",
+  score = ([f"--config={c.score.config}", "--critic={critic}",
             f"--lora={CRITIC_LORA}", f"--mode={c.score.mode}", "--noprogress"]
            + _flags(c.score.overrides))
   eval_sets = {"base": "eval_base/generate", "reward-weighted": "eval_tuned/generate",
@@ -108,13 +100,13 @@ def extra_stages(c) -> list:
            args=["--manifest=train={workdir}/round1/generate/manifest.jsonl", "--out={dir}",
                  "--hra"]),
       dict(name="critic_sft", after="rate", module="critic_train", summary="train_summary.json",
-           args=[f"--config={_stage_config(c.critic_sft.config)}", "--workdir={dir}",
+           args=[f"--config={c.critic_sft.config}", "--workdir={dir}",
                  "--config.critic.path={critic}", "--config.data.dir={dir}/hra",
                  "--config.data.manual_dir={workdir}/rate", "--noprogress"]
            + _flags(c.critic_sft.overrides)),
       dict(name="control/train", after="round1/train", module="train",
            summary="train_summary.json",
-           args=[f"--config={_stage_config(c.train.config)}", "--workdir={dir}",
+           args=[f"--config={c.train.config}", "--workdir={dir}",
                  "--config.model.transformer={base_transformer}",
                  "--config.data.dir={workdir}/round1/prepare/dataset",
                  "--config.loss.mode=plain"] + _flags(c.train.overrides)),

@@ -268,9 +268,13 @@ def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
 # ----------------------------------------------------------------------------- JSON
 
 
-def read_json(path: str, what: str = "the model's config.json") -> dict:
-  """A JSON file, or a CheckpointError naming it (missing or unreadable)."""
-  if not isfile(path):
+def read_json(path: str | None, what: str = "the model's config.json", *,
+              missing_ok: bool = False) -> dict:
+  """A JSON file, or a CheckpointError naming it (missing or unreadable); with `missing_ok`, {}
+  for a file (or path) that is not there yet."""
+  if not path or not isfile(path):
+    if missing_ok:
+      return {}
     raise CheckpointError(f"{path}: missing (expected {what})")
   try:
     return json.loads(read_text(path))

@@ -27,3 +27,9 @@ def pytest_configure(config):
 def demo_assets(tmp_path_factory):
   """The demo's models, made once a session (`tests/tools/demo_world.py`)."""
   return demo_world.make(tmp_path_factory.mktemp("demo_world"))
+
+
+@pytest.fixture(scope="session")
+def demo_runs(demo_assets, tmp_path_factory):
+  """README's demo command, run once per seed a session on the shared models."""
+  return demo_world.Runs(demo_assets, tmp_path_factory.mktemp("demo_runs"))

@@ -57,8 +57,11 @@ class JoinResult:
     return sum(r.is_real for r in self.records)
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-  """The objects of a JSON Lines file (blank lines skipped); errors name the file and line."""
+def read_jsonl(path: str | None, *, missing_ok: bool = False) -> list[dict[str, Any]]:
+  """The objects of a JSON Lines file (blank lines skipped); errors name the file and line. With
+  `missing_ok`, [] for a file (or path) that is not there yet."""
+  if missing_ok and (not path or not files.isfile(path)):
+    return []
   out = []
   with files.open_file(path) as f:
     for n, line in enumerate(f, 1):

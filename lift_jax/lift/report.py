@@ -22,22 +22,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from lift_jax import files
+from lift_jax.data import records
 from lift_jax.data import video as video_lib
 from lift_jax.models.critic.vocabulary import LABELS
 
 BASE, TUNED = "base", "fine-tuned"
 
 
-def _read_jsonl(path: str | None) -> list[dict[str, Any]]:
-  if not path or not files.isfile(path):
-    return []
-  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
+def _optional_json(path: str | None) -> dict[str, Any]:
+  return files.read_json(path, "a JSON file", missing_ok=True)
 
 
-def _read_json(path: str | None) -> dict[str, Any]:
-  if not path or not files.isfile(path):
-    return {}
-  return json.loads(files.read_text(path))
+def _optional_jsonl(path: str | None) -> list[dict[str, Any]]:
+  return records.read_jsonl(path, missing_ok=True)
 
 
 def _plt():
@@ -158,7 +155,7 @@ def frame_strip(sets: list[tuple[str, list[dict], str]], max_videos: int = 4,
 
 def majority_baseline(texts_json: str | None, split: str = "test") -> dict[str, dict]:
   """Per dimension of an HRA dataset's split: the most common label and its share."""
-  data = _read_json(texts_json)
+  data = _optional_json(texts_json)
   counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   for _, dim, _, answer in data.get(split, []):
     counts[dim][answer.split(".")[0].strip()] += 1
@@ -197,7 +194,7 @@ def write_report(out_html: str, *, config: dict[str, Any], scores_before: str | 
                                                                                or ())
   table: dict[tuple[str, str], list[dict]] = {}
   for s in scores:
-    table[(s["generator"], s["by"])] = _read_jsonl(s["scores"])
+    table[(s["generator"], s["by"])] = _optional_jsonl(s["scores"])
   judges = list(dict.fromkeys(s["by"] for s in scores))
   gens = list(manifests)
   mean = {k: (float(np.mean(rewards_of(v))) if rewards_of(v) else None) for k, v in table.items()}
@@ -232,7 +229,7 @@ def write_report(out_html: str, *, config: dict[str, Any], scores_before: str | 
                "the three (LiFT Eq. 2).</p>")
 
   critic = extra.get("critic") or {}
-  summary = _read_json(critic.get("summary"))
+  summary = _optional_json(critic.get("summary"))
   acc = ((summary.get("eval") or {}).get("logits") or {}).get("accuracy")
   if acc:
     base = majority_baseline(files.join(critic["data"], "texts.json")
@@ -249,7 +246,7 @@ def write_report(out_html: str, *, config: dict[str, Any], scores_before: str | 
                    f"{html.escape(', '.join(weak))}: its rewards carry little of the ratings' "
                    "judgement there.</p>")
 
-  sets = [(g, _read_jsonl(m), files.parent(m)) for g, m in manifests.items() if m]
+  sets = [(g, _optional_jsonl(m), files.parent(m)) for g, m in manifests.items() if m]
   strip = frame_strip([s for s in sets if s[1]])
   if strip:
     parts.append("<h2>Same prompts and seeds, one row per generator</h2>")
@@ -264,8 +261,8 @@ def write_report(out_html: str, *, config: dict[str, Any], scores_before: str | 
     if any(series.values()):
       parts.append(f"<h2>Reward distribution, by the {html.escape(judge)}</h2>")
       parts.append(_img(reward_histogram(series)))
-  histories = {tuned: _read_jsonl(train_history)}
-  histories.update({k: _read_jsonl(v) for k, v in (extra.get("histories") or {}).items()})
+  histories = {tuned: _optional_jsonl(train_history)}
+  histories.update({k: _optional_jsonl(v) for k, v in (extra.get("histories") or {}).items()})
   histories = {k: v for k, v in histories.items() if v}
   if histories:
     parts.append("<h2>Training</h2>")

@@ -43,6 +43,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from lift_jax import files
+from lift_jax.data import records
 from lift_jax.lift import report
 from lift_jax.parallel import distributed
 
@@ -111,16 +112,9 @@ def _module(module: str, args: list[str], log_path: str) -> None:
   _tool(module, args, log_path)
 
 
-def _read_json(path: str) -> dict:
-  return json.loads(files.read_text(path))
-
-
 def _mean_reward(scores: str) -> float | None:
-  if not files.isfile(scores):
-    return None
-  rewards = [json.loads(line).get("reward") for line in files.read_text(scores).splitlines()
-             if line.strip()]
-  rewards = [r for r in rewards if r is not None]
+  rewards = [r["reward"] for r in records.read_jsonl(scores, missing_ok=True)
+             if r.get("reward") is not None]
   return sum(rewards) / len(rewards) if rewards else None
 
 
@@ -288,26 +282,30 @@ class Run:
             f"--config.model.transformer={transformer}", f"--config.data.dir={dataset}"]
     _tool("train", args + _flags("config.", c.train.get("overrides")),
           os.path.join(out, "log.txt"), self.import_paths)
-    summary = _read_json(os.path.join(out, "train_summary.json"))
+    summary = files.read_json(os.path.join(out, "train_summary.json"), "the trainer's summary")
     if "transformer" not in summary:
       raise RuntimeError(f"{name}: training stopped at step {summary.get('steps')} of "
                          f"{summary.get('num_steps')} (preempted?); re-run to resume")
     return summary
 
+  def extra_stage_args(self, spec: dict, out: str) -> list[str]:
+    """An extra stage's command line: names filled in, a relative --config=FILE looked up as
+    the loop's own stage configs are (so a run config works from any working directory)."""
+    args = [str(a) for a in self._expand(list(spec.get("args") or ()), out)]
+    return [f"--config={self.stage_config(a[9:]) or a[9:]}" if a.startswith("--config=") else a
+            for a in args]
+
   def _extra(self, spec: dict) -> dict:
     out = self._dir(spec["name"])
     files.makedirs(out)
-    args = [str(a) for a in self._expand(list(spec.get("args") or ()), out)]
-    # A relative --config=FILE is looked up as the loop's own stage configs are.
-    args = [f"--config={self.stage_config(a[9:]) or a[9:]}" if a.startswith("--config=") else a
-            for a in args]
+    args = self.extra_stage_args(spec, out)
     log = os.path.join(out, "log.txt")
     if spec.get("module"):
       _module(spec["module"], args, log)
     else:
       _tool(spec["tool"], args, log)
     summary = os.path.join(out, spec["summary"]) if spec.get("summary") else None
-    return _read_json(summary) if summary and files.isfile(summary) else {}
+    return files.read_json(summary, "the stage's summary", missing_ok=True)
 
   def _report(self) -> dict:
     if not self.primary:
@@ -405,7 +403,7 @@ class Run:
       done = os.path.join(self._dir(stage.name), DONE)
       if files.isfile(done):
         print(f"[lift] {stage.name}: done, skipped", flush=True)
-        results[stage.name] = _read_json(done)
+        results[stage.name] = files.read_json(done, "the stage's DONE.json")
         continue
       print(f"[lift] {stage.name} ...", flush=True)
       start = time.perf_counter()

@@ -5,38 +5,28 @@ fine-tuning's (same data, same steps, uniform weights).
 
 Each seed runs README's demo command (`tools/lift.py --config=configs/demo.py`, ~3 minutes on 2
 cores once the demo's models exist; they are made once for the session and shared, as the demo
-pins their seed).
+pins their seed: tests/tools/demo_world.py).
 """
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from lift_jax.demo import assets
 from lift_jax.lift import report
 from lift_jax.models.critic.prompts import QUESTIONS
-from tests.tools import demo_world
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user runs it
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_critic_learns_the_rater_and_reward_weighting_beats_base_and_plain(
-    tmp_path, demo_assets, seed):
-  work = tmp_path / f"seed{seed}"
-  demo_world.copy_into(demo_assets, work)
-  made = (work / "assets" / assets.MANIFEST).stat().st_mtime_ns
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "lift.py"),
-                        "--config=configs/demo.py", f"--workdir={work}", f"--config.seed={seed}"],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+def test_the_critic_learns_the_rater_and_reward_weighting_beats_base_and_plain(demo_runs, seed):
+  work, out = demo_runs.get(seed)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert (work / "assets" / assets.MANIFEST).stat().st_mtime_ns == made  # the shared world
   assert os.path.isfile(work / "report.html")
+  # The shared models were used, not made again (copies keep their times).
+  manifest = lambda root: (root / assets.MANIFEST).stat().st_mtime_ns
+  assert manifest(work / "assets") == manifest(demo_runs.assets)
 
   critic = json.loads((work / "critic_sft" / "train_summary.json").read_text())
   accuracy = critic["eval"]["logits"]["accuracy"]  # percent, 2 decimals

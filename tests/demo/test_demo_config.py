@@ -58,7 +58,13 @@ def test_bad_extra_stage_is_named(tmp_path, bad, message):
 
 
 def test_extra_stage_configs_are_found_from_any_working_directory(tmp_path, monkeypatch):
+  """The stage configs the demo names relative to the checkout ("configs/critic_13b_sft.py")
+  reach each extra stage's command line as files that exist, whatever the working directory."""
   monkeypatch.chdir(tmp_path)
-  configs = [a.partition("=")[2] for s in demo.get_config().extra_stages
-             for a in s.get("args") or () if a.startswith("--config=")]
+  run, _ = _plan(tmp_path)
+  configs = [a.partition("=")[2] for s in run._extra_specs()
+             for a in run.extra_stage_args(s, str(tmp_path / "w" / s["name"]))
+             if a.startswith("--config=")]
   assert len(configs) == 4 and all(os.path.isfile(p) for p in configs), configs
+  assert all(not os.path.isfile(a.partition("=")[2]) for s in demo.get_config().extra_stages
+             for a in s.get("args") or () if a.startswith("--config="))  # relative as written

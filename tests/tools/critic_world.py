@@ -4,11 +4,9 @@ synthetic world that stands in for the demo generator's videos (issue 14).
   python tests/tools/critic_world.py --out /tmp/cw --seed 0 [--videos 8 --prompts 10
       --test-size 60 --critic-seed 0] [--override lora.r=8 ...] [--assets field=value ...]
 
-The world (what the demo's "pretrained" base makes; latent units, readable VAE: pixel = 0.5 x
-latent colour, a latent cell an 8x8 block, latent frames 0 | 1-4 | 5-8 of 9 frames): per video a
-level L ~ N(0, 0.5) on R, G, B, a warmth W ~ N(0, 0.5) added to R and taken from B, a flicker
-amplitude A ~ U(0, 0.8) with latent-frame offsets A x (+1, -1, +1), and per-cell detail
-N(0, 0.1) per channel, the same in every latent frame.
+The world: `lift_jax.demo.world.World` (what the demo's "pretrained" base makes), decoded as the
+readable VAE decodes it (pixel = 0.5 x latent colour, a latent cell an 8x8 block, latent frames
+0 | 1-4 | 5-8 of 9 frames).
 
 Then, as configs/demo.py runs them: `python -m lift_jax.demo.rate --hra` on the videos and the
 critic_sft stage's own command line (its overrides, `--override`s appended) on a tiny critic made
@@ -34,6 +32,7 @@ sys.path.insert(0, ROOT)
 
 from lift_jax.data import video as video_lib  # noqa: E402
 from lift_jax.demo import assets  # noqa: E402
+from lift_jax.demo.world import World  # noqa: E402
 from lift_jax.lift.report import majority_baseline  # noqa: E402
 
 GAIN = 0.5  # the readable VAE's pixel = GAIN x latent
@@ -51,12 +50,7 @@ def _prompts(n: int) -> list[str]:
 
 def sample_video(rng: np.random.Generator) -> np.ndarray:
   """Pixels in [-1, 1], `[3, 9, 16, 16]` (the generate stage's float layout)."""
-  level, warm = rng.normal(0, 0.5), rng.normal(0, 0.5)
-  amp = rng.uniform(0, 0.8)
-  base = np.array([level + warm, level, level - warm])[:, None, None, None]
-  flick = amp * np.array([1.0, -1.0, 1.0])[None, :, None, None]
-  detail = rng.normal(0, 0.1, (3, 1, 2, 2))
-  latent = base + flick + detail  # [3, 3 latent frames, 2, 2]
+  latent = World().sample(rng, 1, (3, 3, 2, 2), scaling_factor=1.0)[0].transpose(1, 0, 2, 3)
   frames = np.concatenate([latent[:, :1]] + [latent[:, 1:2]] * 4 + [latent[:, 2:3]] * 4, axis=1)
   pixels = np.repeat(np.repeat(frames, 8, axis=2), 8, axis=3)
   return np.clip(GAIN * pixels, -1.0, 1.0).astype(np.float32)
