@@ -9,16 +9,12 @@ channels 0-2 are the picture's colour, `demo.readable_vae`):
   every video is one scene of 2x2 coloured blocks (8x8 pixels each) with a per-video
     light level   L ~ N(0, level)        added to red, green and blue,
     warmth        W ~ N(0, warmth)       added to red, taken from blue,
-    flicker       A ~ U(0, flicker)      a failing lamp: the light pulses green (green +A, red
-                                         and blue -A/2: neither brighter nor warmer) in the
-                                         1st and 3rd latent frame, not in the 2nd, so the clip
-                                         jumps twice (a steady clip has A = 0),
+    flicker       A ~ U(0, flicker)      added to every colour as +A, -A, +A over the 3 latent
+                                         frames (a steady clip has A = 0),
     and a fixed per-block detail N(0, detail);
   the other latent channels are 0, and the caption's wording plays no part.
 
-The rater (`demo.rater`) grades exactly these: warmth, brightness and flicker (the three
-factors move separate measures). The critic sees each frame on its own; the pulses' green cast
-lets it tell an unsteady clip from its frames' colours. The base model's
+The rater (`demo.rater`) grades exactly these: warmth, brightness and flicker. The base model's
 videos therefore spread over good and bad ones, a reward can pick the good ones, and fine-tuning
 on the base's own samples with uniform weights (the "plain" control) leaves it about where it was.
 The pretraining is the library's own trainer (`lift.train.Trainer`, plain v-prediction loss).
@@ -43,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 COLOURS = 3  # latent channels 0-2 are R, G, B (the readable VAE)
 WARM = np.array([1.0, 0.0, -1.0])  # warmth: more red, less blue
-PULSE = np.array([-0.5, 1.0, -0.5])  # flicker: a green pulse, as bright and as warm as before
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +60,11 @@ class World:
     warmth = rng.normal(0.0, self.warmth, n)
     flicker = rng.uniform(0.0, self.flicker, n)
     colour = level[:, None] + warmth[:, None] * WARM  # [n, 3]
-    pulsing = (np.arange(frames) % 2 == 0).astype(np.float64)  # on, off, on, ...
-    pulse = flicker[:, None, None] * pulsing[None, :, None] * PULSE  # [n, frames, 3]
+    sign = np.where(np.arange(frames) % 2 == 0, 1.0, -1.0)  # +A, -A, +A, ...
     detail = rng.normal(0.0, self.detail, (n, 1, COLOURS, height, width))
     z = np.zeros((n, frames, channels, height, width), np.float32)
-    z[:, :, :COLOURS] = (colour[:, None, :, None, None] + pulse[..., None, None] + detail)
+    z[:, :, :COLOURS] = (colour[:, None, :, None, None]
+                         + (flicker[:, None] * sign)[:, :, None, None, None] + detail)
     return z * np.float32(scaling_factor)
 
 

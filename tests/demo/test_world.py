@@ -12,19 +12,13 @@ def test_world_videos_vary_per_video_in_the_rated_ways():
   assert z.shape == (4000, 3, 16, 2, 2) and z.dtype == np.float32
   assert not z[:, :, 3:].any()  # only the colour channels carry the picture
   colour = z[:, :, :3].mean(axis=(3, 4))  # [n, frame, rgb]
-  level = colour[:, 1].mean(axis=1)  # the 2nd latent frame is the lamp's steady light
-  warmth = (colour[:, 1, 0] - colour[:, 1, 2]) / 2
-  pulse = colour[:, 0] - colour[:, 1]  # the green pulse: (-A/2, A, -A/2)
-  flicker = pulse[:, 1]
+  level = colour.mean(axis=(1, 2))
+  warmth = (colour[..., 0] - colour[..., 2]).mean(axis=1) / 2
+  flicker = (colour[:, 0] - colour[:, 1]).mean(axis=1) / 2  # +A then -A
   assert level.std() == pytest.approx(0.5, rel=0.06)
   assert warmth.std() == pytest.approx(0.5, rel=0.06)
   assert flicker.min() >= 0 and flicker.max() <= 0.8 and flicker.mean() == pytest.approx(0.4, 0.06)
-  np.testing.assert_allclose(pulse, flicker[:, None] * [-0.5, 1, -0.5], atol=1e-5)
-  # The pulse makes a clip neither brighter nor warmer.
-  np.testing.assert_allclose(colour.mean(axis=2)[:, 0], colour.mean(axis=2)[:, 1], atol=1e-5)
-  np.testing.assert_allclose(colour[:, 0, 0] - colour[:, 0, 2], colour[:, 1, 0] - colour[:, 1, 2],
-                             atol=1e-5)
-  np.testing.assert_allclose(colour[:, 0], colour[:, 2], atol=1e-6)  # on, off, on
+  np.testing.assert_allclose(colour[:, 0], colour[:, 2], atol=1e-6)  # +A, -A, +A
   # The block detail is the same in every frame: only the flicker changes a clip over time.
   detail = z[:, :, :3] - z[:, :, :3].mean(axis=(3, 4), keepdims=True)
   np.testing.assert_allclose(detail[:, 0], detail[:, 1], atol=1e-6)

@@ -3,8 +3,7 @@
 The demo pins its models' seed (one world whatever the run's seed), so a run of any seed that
 finds them in WORKDIR/assets uses them instead of making them again (its world pretraining
 takes about a minute on 2 cores). They are made by the demo's own runner, as a run makes them.
-README's demo command for one seed takes ~3 minutes on 2 cores; the claim test (3 seeds) and the
-kill -9 test (seed 0) share the runs.
+README's demo command for one seed takes ~4 minutes on 2 cores (the claim test runs seeds 0-2).
 """
 
 import os
