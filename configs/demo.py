@@ -2,14 +2,15 @@
 
   python tools/lift.py --config=configs/demo.py --workdir /tmp/lift_demo
 
-The world (`lift_jax.demo`): tiny random models in their upstream layouts (a CogVideoX-5B-style
-pipeline and a VILA-1.5-13B-style critic, written under WORKDIR/assets and loaded through the
+The world (`lift_jax.demo`): tiny models in their upstream layouts (a CogVideoX-5B-style pipeline
+whose transformer is first pretrained on `demo.world`'s clips, and a VILA-1.5-13B-style critic
+whose vision tower passes colour, written under WORKDIR/assets and loaded through the
 converters), and a rater standing in for the human annotators (`lift_jax.demo.rater`: written rules
 for the critic's three questions, Good / Normal / Bad with a one-sentence reason). The stages:
 
   round1/generate   the base model makes videos for the training prompts
   rate              the rater grades them, written as a LiFT-HRA release (LLaVA conversations)
-  critic_sft        LoRA SFT of the tiny critic on those ratings (tools/train_critic.py), with its
+  critic_sft        LoRA SFT of the tiny critic on those ratings (`lift-jax train-critic`), with its
                     held-out accuracy per question
   round1/score      the trained critic scores the videos -> rewards
   round1/prepare, round1/train         reward-weighted fine-tuning (LiFT)
