@@ -1,13 +1,14 @@
-"""Tiny random models in the upstream PyTorch layouts, made without PyTorch, for the CPU demo.
+"""Tiny models in the upstream PyTorch layouts, made without PyTorch, for the CPU demo.
 
 `make_demo_assets(root)` writes what the real LiFT run downloads, at toy sizes:
 
 ```
 root/
   CogVideoX-5b-tiny/   a diffusers CogVideoXPipeline folder: model_index.json, transformer/
-                       (3D RoPE, 5B-style; "pretrained" on the demo's world, `demo.world`), vae/ (4 blocks: the real 4x temporal / 8x spatial
-                       compression; "readable": its weights set so that latent channels 0-2
-                       are the pixels' colour, `demo.readable_vae`), text_encoder/ (T5
+                       (3D RoPE, 5B-style; "pretrained" on the demo's world, `demo.world`),
+                       vae/ (4 blocks: the real 4x temporal / 8x spatial compression;
+                       "readable": its weights set so that latent channels 0-2 are the
+                       pixels' colour, `demo.readable_vae`), text_encoder/ (T5
                        v1.1-style), tokenizer/ (a sentencepiece unigram model trained here,
                        saved as transformers' T5Tokenizer),
                        scheduler/ (5B's settings)
@@ -84,7 +85,7 @@ DEFAULTS: dict[str, Any] = {
     # videos of num_frames x height x width and captions of text_length T5 tokens (the demo's
     # generate and prepare settings).
     "world": dict(steps=600, lr=3e-3, batch_size=32, seed=0, num_frames=9, height=16, width=16,
-                  text_length=48, level=0.5, warmth=0.5, flicker=0.8, detail=0.1),
+                  text_length=40, level=0.5, warmth=0.5, flicker=0.8, detail=0.1),
     # transformers T5EncoderModel (v1.1: gated GELU); d_model follows text_embed_dim.
     "text_encoder": dict(d_kv=16, d_ff=128, num_layers=2, num_heads=4,
                          feed_forward_proj="gated-gelu"),
@@ -314,9 +315,9 @@ def _pretrain(transformer, encoder, tokenizer_dir: str, vae_cfg, cfg: dict[str, 
                                  max_length=int(w["text_length"]))
   ids = tokenizer.encode(list(cfg["prompts"]) + [""])
   text = np.asarray(nnx.jit(encoder, graph_updates=False)(jnp.asarray(ids)), np.float32)
-  spatial = 2 ** (len(vae_cfg.block_out_channels) - 1)
-  latent_shape = ((int(w["num_frames"]) - 1) // vae_cfg.temporal_compression_ratio + 1, vae_cfg.latent_channels,
-                  int(w["height"]) // spatial, int(w["width"]) // spatial)
+  spatial = vae_cfg.spatial_compression_ratio
+  latent_shape = ((int(w["num_frames"]) - 1) // vae_cfg.temporal_compression_ratio + 1,
+                  vae_cfg.latent_channels, int(w["height"]) // spatial, int(w["width"]) // spatial)
   shape = world_lib.World(**{k: float(w[k]) for k in ("level", "warmth", "flicker", "detail")})
   return world_lib.pretrain(
       transformer, text, latent_shape, world=shape, scaling_factor=vae_cfg.scaling_factor,

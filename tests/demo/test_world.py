@@ -1,4 +1,4 @@
-"""The demo's world: per-video light level, warmth and flicker in the colour channels, nothing else."""
+"""The demo's world: per-video light level, warmth and flicker in the colour channels only."""
 
 import numpy as np
 import pytest

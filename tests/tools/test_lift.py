@@ -23,15 +23,11 @@ from lift_jax.data.video import read_video
 from tests.stages import processes
 from tests.tools import demo_quick, demo_world
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LIFT = os.path.join(ROOT, "tools", "lift.py")
+# As a user runs it (tools/lift.py from the checkout, one CPU device): demo_world's settings.
+ROOT, LIFT, ENV = demo_world.ROOT, demo_world.LIFT, demo_world.ENV
 # The loop runs of the slow tests use the demo at test size (tests/tools/demo_quick.py).
 QUICK = "--config=tests/tools/demo_quick.py"
 DEMO = "--config=configs/demo.py"
-
-
-# As a user runs it: one CPU device (the test session's 8 fake devices are not inherited).
-ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
 
 def _run(workdir, *extra, config=QUICK, timeout=900):
