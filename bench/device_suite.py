@@ -56,7 +56,7 @@ RATIOS = {
 }
 
 
-def make_plan(small: bool) -> dict:
+def make_plan(small: bool, remat: str = "full") -> dict:
   """Shapes and model configs for every section; the configs are diffusers dicts made by our
   config classes, so both frameworks build the same architecture."""
   sys.path.insert(0, ROOT)
@@ -84,6 +84,7 @@ def make_plan(small: bool) -> dict:
                   train_steps=5, sample_steps=3, sample_reps=2, vae_latents=[1, 16, 13, 60, 90],
                   vae_tile=None, vae_reps=2)
   return {"small": small, "shapes": shapes, "dtype": "float32" if small else "bfloat16",
+          "remat": remat,
           "models": {k: v.to_diffusers_config() for k, v in models.items()},
           "vae": vae.to_diffusers_config()}
 
@@ -209,12 +210,13 @@ def _collect(name: str, part: str, group_status: str, cap: float) -> dict:
   return entry
 
 
-def run_suite(out_dir: str, small: bool, budget: float, only: list[str] | None) -> dict:
+def run_suite(out_dir: str, small: bool, budget: float, only: list[str] | None,
+              remat: str = "full") -> dict:
   os.makedirs(out_dir, exist_ok=True)
   results_path, log_path = os.path.join(out_dir, "results.json"), os.path.join(out_dir, "log.txt")
   work = tempfile.mkdtemp(prefix="device_suite_")
   try:  # the plan, the sections' partial files and the compilation cache
-    plan = make_plan(small)
+    plan = make_plan(small, remat)
     plan_path = os.path.join(work, "plan.json")
     _write(plan_path, plan)
     caps = {n: (SMALL_CAP if small else c) for n, _, c in SECTIONS}
@@ -223,7 +225,8 @@ def run_suite(out_dir: str, small: bool, budget: float, only: list[str] | None) 
     start = time.perf_counter()
     report = {"suite": {"small": small, "budget_s": budget,
                         "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                        "shapes": plan["shapes"], "dtype": plan["dtype"]},
+                        "shapes": plan["shapes"], "dtype": plan["dtype"],
+                        "remat": plan["remat"]},
               "sections": {}, "ratios": {}}
     with open(log_path, "a") as log:
       for group in _groups(names, small):
@@ -269,6 +272,8 @@ def main() -> None:
   parser.add_argument("--budget", type=float, default=None,
                       help="seconds for the whole suite (default 470, --small 600)")
   parser.add_argument("--only", nargs="*", help="run only these sections")
+  parser.add_argument("--remat", default="full",
+                      help="remat policy of the JAX train sections (layers.remat; default full)")
   parser.add_argument("--section", help=argparse.SUPPRESS)
   parser.add_argument("--plan", help=argparse.SUPPRESS)
   parser.add_argument("--part-dir", help=argparse.SUPPRESS)
@@ -278,7 +283,7 @@ def main() -> None:
   if not args.out:
     parser.error("--out DIR is required")
   budget = args.budget or (600.0 if args.small else 470.0)
-  report = run_suite(args.out, args.small, budget, args.only)
+  report = run_suite(args.out, args.small, budget, args.only, args.remat)
   for key, r in report["ratios"].items():
     print(f"{key}: ours {r['ours_ms']:.1f} ms, diffusers {r['diffusers_ms']:.1f} ms, "
           f"diffusers/ours {r['speedup_diffusers_over_ours']:.2f}x")

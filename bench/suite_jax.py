@@ -192,7 +192,8 @@ def _train(rec, plan, batch_size: int) -> None:
   f, c, h, w = shapes["latents"]
   s = shapes["text_len"]
   dtype = jnp.dtype(plan["dtype"])
-  cfg = _transformer_config(plan, "2b", dtype=dtype.name, param_dtype="float32", remat="full",
+  cfg = _transformer_config(plan, "2b", dtype=dtype.name, param_dtype="float32",
+                            remat=plan.get("remat", "full"),
                             attention_impl="auto")
   start = time.perf_counter()
   model = _random_module(lambda: cogvideox.CogVideoXTransformer3D(cfg, rngs=nnx.Rngs(0)))

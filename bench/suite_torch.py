@@ -127,7 +127,8 @@ def section_train_torch(rec, plan) -> None:
                    image_rotary_emb=rope, return_dict=False)[0]
     loss = (reward * ((pred.float() - v) ** 2).mean(dim=(1, 2, 3, 4))).mean()
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    with _flash():  # checkpointing recomputes the forward here: the same attention kernel
+      loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     return loss
