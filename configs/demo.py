@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
       overrides=["model.dtype=float32", "sampling.num_steps=16", "sampling.sampler=ddim",
                  "sampling.use_dynamic_cfg=False", "sampling.guidance_scale=1.0",
                  f"sampling.max_sequence_length={TEXT_LENGTH}", "batch_size=8",
-                 "num_videos_per_prompt=8"] + [f"video.{k}={v}" for k, v in VIDEO.items()]))
+                 "num_videos_per_prompt=16"] + [f"video.{k}={v}" for k, v in VIDEO.items()]))
   c.score = ml_collections.ConfigDict(dict(
       config="configs/critic_13b.py", mode="logits",
       # A tiny critic puts little mass on Good/Normal/Bad: take the argmax of the three anyway.
@@ -74,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
       config="configs/critic_13b_sft.py",
       overrides=["critic.dtype=float32", "critic.param_dtype=float32", "critic.remat=none",
                  "lora.r=32", "lora.alpha=64.0", "lora.dropout=0.0", "data.vidgen=False",
-                 "data.test_size=60", "data.batch_size=8", "optim.lr=5e-3", "num_epochs=16",
+                 "data.test_size=120", "data.batch_size=8", "optim.lr=5e-3", "num_epochs=24",
                  "checkpoint_every=1000", "log_every=8"]))
   c.extra_stages = extra_stages(c)
   c.report = report_block()

@@ -18,10 +18,6 @@ from tests.tools import demo_world  # noqa: E402
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: longer than a few seconds; excluded by -m 'not slow'")
-  config.addinivalue_line(
-      "markers", "heavy: slow and too long for CI's 30 minutes on 2 cores (the whole demo loop "
-      "as 2 processes, ~6 min; the demo's claim over 3 seeds, ~15 min); run by hand with "
-      "`pytest -m heavy tests`")
 
 
 @pytest.fixture(scope="session")

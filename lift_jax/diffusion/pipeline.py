@@ -44,7 +44,6 @@ from lift_jax.models.t5 import tokenizer as tok_lib
 from lift_jax.models.t5.params import load_encoder
 from lift_jax.models.t5.tokenizer import CogVideoXTokenizer
 
-MAX_SEQUENCE_LENGTH = 226
 BATCH_AXES = ("data", "fsdp")
 SCHEDULE_PRESETS = {"2b": NoiseSchedule.cogvideox_2b, "5b": NoiseSchedule.cogvideox_5b}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -403,7 +402,7 @@ def load_pipeline(root: str | None = None, *, transformer: str | None = None,
                   param_dtype: str | None = None, vae_dtype: str | None = None,
                   text_encoder_dtype: str | None = None, mesh: Mesh | None = None,
                   attention_impl: str = "auto", vae_tiling: bool = False,
-                  max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                  max_sequence_length: int = tok_lib.MAX_LENGTH,
                   progress: bool = False) -> TextToVideo:
   """A `TextToVideo` from a diffusers pipeline folder (transformer/, vae/, text_encoder/,
   tokenizer/, scheduler/) and/or component paths (diffusers folders or converted checkpoints).

@@ -163,7 +163,6 @@ def _assert_same_summary(got, expected, got_root, expected_root, where):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_two_processes_give_the_one_process_results(tmp_path, straight):
   """The whole demo loop as 2 processes × 1 device (gloo): every stage runs on both hosts, the
   report's numbers and each stage's outputs equal the 1-process run's."""
