@@ -2,7 +2,7 @@
 `tools/lift.py --config=tests/tools/demo_quick.py`).
 
 Every stage, its order and its settings are the demo's own; only the counts shrink (2 videos a
-prompt instead of 8, 8 train steps of 8 videos with a checkpoint every 4, 2 critic SFT epochs), so
+prompt instead of 16, 8 train steps of 8 videos with a checkpoint every 4, 2 critic SFT epochs), so
 the slow tests that run the whole loop several times (killed and resumed, as 2 processes) stay
 within CI's time.
 """
