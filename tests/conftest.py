@@ -29,4 +29,6 @@ def demo_assets(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_runs(demo_assets, tmp_path_factory):
   """README's demo command, run once per seed a session on the shared models."""
-  return demo_world.Runs(demo_assets, tmp_path_factory.mktemp("demo_runs"))
+  runs = demo_world.Runs(demo_assets, tmp_path_factory.mktemp("demo_runs"))
+  yield runs
+  runs.close()
