@@ -60,7 +60,12 @@ def make_plan(small: bool, remat: str = "full") -> dict:
   """Shapes and model configs for every section; the configs are diffusers dicts made by our
   config classes, so both frameworks build the same architecture."""
   sys.path.insert(0, ROOT)
+  from lift_jax.layers.remat import REMAT_POLICIES
   from lift_jax.models import cogvideox  # imports JAX but touches no device
+
+  if remat not in REMAT_POLICIES:
+    raise SystemExit(f"--remat {remat!r}: not a policy of lift_jax.layers.remat "
+                     f"({', '.join(REMAT_POLICIES)})")
 
   if small:
     tiny = dict(num_layers=2, num_attention_heads=2, attention_head_dim=32, text_embed_dim=64,

@@ -193,7 +193,7 @@ def _train(rec, plan, batch_size: int) -> None:
   s = shapes["text_len"]
   dtype = jnp.dtype(plan["dtype"])
   cfg = _transformer_config(plan, "2b", dtype=dtype.name, param_dtype="float32",
-                            remat=plan.get("remat", "full"),
+                            remat=plan["remat"],
                             attention_impl="auto")
   start = time.perf_counter()
   model = _random_module(lambda: cogvideox.CogVideoXTransformer3D(cfg, rngs=nnx.Rngs(0)))
